@@ -1,0 +1,47 @@
+# heartvec: `make demo` and `make test` work on a fresh clone; everything they need is installed
+# into .venv by the rules below.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-output
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/heartvec phantom $(DEMO_DIR)/volumes --count 2 --seed 1000
+	$(BIN)/heartvec inspect $(DEMO_DIR)/volumes/phantom_s1000.nii.gz
+	$(BIN)/heartvec prepare $(DEMO_DIR)/volumes --out $(DEMO_DIR)/prepared
+	$(BIN)/heartvec split $(DEMO_DIR)/prepared --val-fraction 0.5
+	@echo
+	@echo "demo outputs:"
+	@echo "  label volumes     $(DEMO_DIR)/volumes/"
+	@echo "  training samples  $(DEMO_DIR)/prepared/*.npz"
+	@echo "  quality report    $(DEMO_DIR)/prepared/quality.json"
+	@echo "  quality picture   $(DEMO_DIR)/prepared/quality.png"
+	@echo "  split             $(DEMO_DIR)/prepared/{train,val}.csv"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+pytest: $(VENV)/.installed
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/prepare.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The trainer service: prepare training data, train and evaluate the shape autoencoder."""

@@ -1,0 +1,61 @@
+"""`heartvec SUBCOMMAND ...`: one module per tool, each with `main(argv)`.
+
+This is the one place where errors become exit statuses: an `InputError` is the user's to fix
+(exit 2, one line naming the file and the problem); anything else is a bug (a traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+from heartvec.errors import HeartvecError
+
+# subcommand -> (module that implements it, one-line summary)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("heartvec.cli.phantom", "write synthetic whole-heart label volumes"),
+    "inspect": ("heartvec.cli.inspect", "shape, spacing, orientation and labels of a volume"),
+    "labels": ("heartvec.cli.labels", "print a label table"),
+    "prepare": ("heartvec_trainer.prepare", "label volumes -> training .npz files"),
+    "split": ("heartvec_trainer.split", "write train.csv / val.csv for a prepared folder"),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    return (
+        "usage: heartvec SUBCOMMAND [options]   (heartvec SUBCOMMAND --help for its options)\n\n"
+        "subcommands:\n" + "\n".join(lines)
+    )
+
+
+def run_tool(tool_main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
+    """Call a tool's main, turning heartvec's own errors into exit status 2."""
+    try:
+        return tool_main(argv)
+    except HeartvecError as e:
+        print(f"heartvec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("heartvec: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `heartvec` command."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"heartvec: error: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = import_module(SUBCOMMANDS[name][0])
+    return run_tool(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
