@@ -31,6 +31,9 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/*.Dockerfile
+	$(BIN)/shellcheck .ci/run apptainer/*.sbatch
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

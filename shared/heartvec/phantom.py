@@ -8,8 +8,8 @@ Each heart is built from simple primitives placed in millimetres (independent of
 chambers are ellipsoids (the ventricles and atria cut by the atrioventricular valve plane), vessels
 are tubes of varying radius along Catmull-Rom curves. Overlaps are resolved by `PAINT_ORDER`, so
 neighbours touch without gaps and every voxel has exactly one label. The whole phantom spans
-roughly 130 x 130 x 150 mm before the random global scaling of up to 15 %, so a 256 mm field of
-view always holds it with a margin; a 192 mm one holds all but the largest hearts.
+roughly 125 x 135 x 140 mm before the random global scaling of up to 15 %, so a 256 mm field of
+view holds it with a wide margin and a 192 mm one (e.g. 96 voxels of 2 mm) nearly always does.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 STRUCTURES: dict[int, str] = {
-    1: "left_ventricle: LV blood pool, a prolate ellipsoid cut at the valve plane",
-    2: "lv_myocardium: ~10 mm thick shell around the LV, open at the valve plane",
+    1: "left_ventricle: LV blood pool, a prolate ellipsoid, plus the mitral and aortic orifices",
+    2: "lv_myocardium: ~9 mm thick shell around the LV, closed at the base by a thin lid",
     3: "right_ventricle: blood pool wrapped around the septum as a crescent, plus outflow tract",
     4: "left_atrium: posterior, above the LV base",
     5: "right_atrium: right and above the RV",
@@ -43,24 +43,26 @@ _CURVE_JITTER_MM = 3.0
 _TUBE_STEP_MM = 5.0  # chord deviation on the tightest bend (aortic arch) stays well below 1 mm
 _VALVE_OVERLAP_MM = 3.0  # atria reach this far past the valve plane so they touch the ventricles
 _BASE_LID_MM = 4.0
+_CATMULL_ROM_BASIS = 0.5 * np.array([[0, 2, 0, 0], [-1, 0, 1, 0], [2, -5, 4, -1], [-1, 3, -3, 1]])
 
 
 @dataclass(frozen=True)
 class _Ellipsoid:
-    """Points p with sum_k (axes[k] . (p - centre) / semi_axes[k])^2 <= 1 and, when `cut_point`
-    is set, on the side of the plane through it that `cut_normal` points to. Millimetres."""
+    """Points p with sum_k (axes[k] . (p - centre) / semi_axes[k])^2 <= 1 on the side of the plane
+    through `cut_point` that `cut_normal` points to. Millimetres."""
 
     label: int
     centre: np.ndarray
     axes: np.ndarray  # (3, 3) orthonormal rows
     semi_axes: np.ndarray
-    cut_point: np.ndarray | None = None
-    cut_normal: np.ndarray | None = None
+    cut_point: np.ndarray
+    cut_normal: np.ndarray
 
 
 @dataclass(frozen=True)
 class _Tube:
-    """Union of truncated cones between consecutive samples of a curve. Millimetres."""
+    """Union of truncated cones between consecutive samples of a curve, millimetres. The start is
+    rounded (it hides inside the parent chamber or vessel), the end is cut flat like a crop."""
 
     label: int
     points: np.ndarray  # (n, 3)
@@ -82,7 +84,12 @@ def make_phantom(seed: int, size: int = 256, spacing: float = 1.0) -> tuple[np.n
     Returns:
         labels: uint8 (size, size, size), values 0 (background) and the keys of `STRUCTURES`.
         affine: float64 (4, 4) voxel index -> world millimetres, RAS+, volume centre at the origin.
+
+    Raises:
+        ValueError: size < 1 or spacing <= 0.
     """
+    if size < 1 or spacing <= 0:
+        raise ValueError(f"need size >= 1 and spacing > 0, got size={size}, spacing={spacing}")
     rng = np.random.default_rng(seed)
     scale = rng.uniform(*_GLOBAL_SCALE)
     rotation = _rotation_matrix(np.deg2rad(rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG, 3)))
@@ -153,56 +160,95 @@ def _canonical_heart(rng: np.random.Generator) -> list[_Shape]:
 
     # The outflow tract ends flat at the pulmonary valve; the trunk starts just inside it, along
     # its last direction, so the two tubes join without a seam.
-    outflow = tube(3, [rv_centre, *jittered(in_lv_frame(14.0, 42.0, 24.0),
-                                            in_lv_frame(-6.0, 20.0, 36.0))], [12.0] * 3)
+    outflow = tube(
+        3,
+        [rv_centre, *jittered(in_lv_frame(14.0, 42.0, 24.0), in_lv_frame(-6.0, 20.0, 36.0))],
+        [12.0] * 3,
+    )
     pulmonary_valve = outflow.points[-1]
     outflow_direction = _unit(pulmonary_valve - outflow.points[-2])
-    outflow_lv = tube(1, [in_lv_frame(14.0, 9.0, 0.0), in_lv_frame(-lid_depth, 12.0, 6.0)],
-                      [13.0, 13.0])
+    outflow_lv = tube(
+        1, [in_lv_frame(14.0, 9.0, 0.0), in_lv_frame(-lid_depth, 12.0, 6.0)], [13.0, 13.0]
+    )
     aortic_valve = outflow_lv.points[-1]
     aortic_direction = _unit(aortic_valve - outflow_lv.points[-2])
     (bifurcation,) = jittered(mitral + _ras(-8.0, -6.0, 46.0))
     shapes: list[_Shape] = [
         _Ellipsoid(1, lv_centre, lv_frame, lv_semi, mitral, long_axis),
         _Ellipsoid(2, lv_centre, lv_frame, lv_semi + wall, lid_top, long_axis),
-        tube(1, [in_lv_frame(10.0, -6.0, -2.0), in_lv_frame(-lid_depth, -6.0, -2.0)],
-             [13.0, 13.0]),
+        tube(1, [in_lv_frame(10.0, -6.0, -2.0), in_lv_frame(-lid_depth, -6.0, -2.0)], [13.0, 13.0]),
         outflow_lv,
         _Ellipsoid(3, rv_centre, lv_frame, _ras(42.0, 30.0, 42.0) * jitter(3), mitral, long_axis),
         outflow,
-        _Ellipsoid(4, la_centre, world_frame, _ras(30.0, 20.0, 22.0) * jitter(3),
-                   atrial_cut, -long_axis),
-        _Ellipsoid(5, ra_centre, world_frame, _ras(24.0, 24.0, 28.0) * jitter(3),
-                   atrial_cut, -long_axis),
-        tube(6, [aortic_valve - 3.0 * aortic_direction,
-                 *jittered(aortic_valve + 10.0 * aortic_direction, mitral + _ras(17.0, 10.0, 38.0),
-                           mitral + _ras(2.0, -14.0, 62.0), mitral + _ras(-18.0, -38.0, 54.0),
-                           mitral + _ras(-22.0, -50.0, 22.0), mitral + _ras(-20.0, -50.0, -20.0),
-                           mitral + _ras(-18.0, -48.0, -50.0))],
-             [14.0, 14.0, 13.5, 13.0, 12.0, 11.0, 11.0, 11.0]),
+        _Ellipsoid(
+            4, la_centre, world_frame, _ras(32.0, 22.0, 24.0) * jitter(3), atrial_cut, -long_axis
+        ),
+        _Ellipsoid(
+            5, ra_centre, world_frame, _ras(24.0, 24.0, 28.0) * jitter(3), atrial_cut, -long_axis
+        ),
+        tube(
+            6,
+            [
+                aortic_valve - 3.0 * aortic_direction,  # hidden in the LV outflow orifice
+                *jittered(
+                    aortic_valve + 10.0 * aortic_direction,  # root
+                    mitral + _ras(17.0, 10.0, 38.0),  # ascending, slightly right and anterior
+                    mitral + _ras(2.0, -14.0, 62.0),  # top of the arch, over the PA bifurcation
+                    mitral + _ras(-18.0, -38.0, 54.0),  # arch turning down, left-posterior
+                    mitral + _ras(-22.0, -50.0, 22.0),  # descending, left of the spine
+                    mitral + _ras(-20.0, -50.0, -20.0),
+                    mitral + _ras(-18.0, -48.0, -50.0),
+                ),
+            ],
+            [14.0, 14.0, 13.5, 13.0, 12.0, 11.0, 11.0, 11.0],
+        ),
         # The left pulmonary artery continues the trunk; the right one branches off it.
-        tube(7, [pulmonary_valve - 4.0 * outflow_direction,
-                 *jittered(pulmonary_valve + 14.0 * outflow_direction), bifurcation,
-                 *jittered(bifurcation + _ras(-28.0, -14.0, 2.0),
-                           bifurcation + _ras(-44.0, -22.0, 0.0))],
-             [12.0, 12.0, 12.0, 9.0, 8.5]),
-        tube(7, [bifurcation, *jittered(bifurcation + _ras(14.0, -10.0, 0.0),
-                                        bifurcation + _ras(26.0, -12.0, 2.0))],
-             [10.0, 9.0, 8.5]),
-        tube(8, [ra_centre + _ras(4.0, -6.0, 8.0), *jittered(mitral + _ras(38.0, -4.0, 40.0),
-                                                             mitral + _ras(38.0, -8.0, 62.0))],
-             [10.0, 10.0, 10.0]),
-        tube(9, [ra_centre + _ras(0.0, -4.0, -10.0), *jittered(mitral + _ras(33.0, -4.0, -30.0),
-                                                               mitral + _ras(33.0, -6.0, -58.0))],
-             [11.0, 11.0, 11.0]),
+        tube(
+            7,
+            [
+                pulmonary_valve - 4.0 * outflow_direction,
+                *jittered(pulmonary_valve + 14.0 * outflow_direction),
+                bifurcation,
+                *jittered(
+                    bifurcation + _ras(-28.0, -14.0, 2.0), bifurcation + _ras(-44.0, -22.0, 0.0)
+                ),
+            ],
+            [12.0, 12.0, 12.0, 9.0, 8.5],
+        ),
+        tube(
+            7,
+            [
+                bifurcation,
+                *jittered(
+                    bifurcation + _ras(14.0, -10.0, 0.0), bifurcation + _ras(26.0, -12.0, 2.0)
+                ),
+            ],
+            [10.0, 9.0, 8.5],
+        ),
+        tube(
+            8,
+            [
+                ra_centre + _ras(4.0, -6.0, 8.0),
+                *jittered(mitral + _ras(38.0, -4.0, 40.0), mitral + _ras(38.0, -8.0, 62.0)),
+            ],
+            [10.0, 10.0, 10.0],
+        ),
+        tube(
+            9,
+            [
+                ra_centre + _ras(0.0, -4.0, -10.0),
+                *jittered(mitral + _ras(33.0, -4.0, -30.0), mitral + _ras(33.0, -6.0, -58.0)),
+            ],
+            [11.0, 11.0, 11.0],
+        ),
     ]
     for side in (-1.0, 1.0):  # patient's left (-x) and right (+x) pulmonary veins
         for height in (-1.0, 1.0):  # inferior and superior veins
             # Straight from deep inside the LA out through its posterolateral wall: a vein that
             # grazes the wall would leave islands where it pokes out.
-            shapes.append(tube(10, [la_centre + _ras(8.0 * side, -4.0, 4.0 * height),
-                                    *jittered(la_centre + _ras(40.0 * side, -22.0, 18.0 * height))],
-                               [6.0, 6.0]))
+            start = la_centre + _ras(8.0 * side, -4.0, 4.0 * height + 4.0)
+            end = la_centre + _ras(40.0 * side, -24.0, 16.0 * height + 5.0)
+            shapes.append(tube(10, [start, *jittered(end)], [6.0, 6.0]))
     return shapes
 
 
@@ -213,11 +259,11 @@ def _catmull_rom(nodes: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.n
     padded = np.vstack([control[:1], control, control[-1:]])  # end tangents from the end nodes
     samples = [control[:1]]
     for i in range(len(control) - 1):
-        p0, p1, p2, p3 = padded[i : i + 4]
-        count = max(1, int(np.ceil(np.linalg.norm(p2[:3] - p1[:3]) / _TUBE_STEP_MM)))
-        t = (np.arange(1, count + 1) / count)[:, None]
-        samples.append(0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-                              + (3 * p1 - p0 - 3 * p2 + p3) * t**3))
+        count = max(
+            1, int(np.ceil(np.linalg.norm(control[i + 1, :3] - control[i, :3]) / _TUBE_STEP_MM))
+        )
+        powers = (np.arange(1, count + 1) / count)[:, None] ** np.arange(4)
+        samples.append(powers @ _CATMULL_ROM_BASIS @ padded[i : i + 4])
     curve = np.vstack(samples)
     return curve[:, :3], curve[:, 3]
 
@@ -240,14 +286,13 @@ def _transform(shape: _Shape, scale: float, rotation: np.ndarray, shift: np.ndar
 
     if isinstance(shape, _Tube):
         return _Tube(shape.label, move(shape.points), scale * shape.radii)
-    cut_moved = shape.cut_point is not None and shape.cut_normal is not None
     return _Ellipsoid(
         shape.label,
         move(shape.centre),
         shape.axes @ rotation.T,
         scale * shape.semi_axes,
-        move(shape.cut_point) if cut_moved else None,
-        rotation @ shape.cut_normal if cut_moved else None,
+        move(shape.cut_point),
+        rotation @ shape.cut_normal,
     )
 
 
@@ -262,8 +307,9 @@ def _voxel_box(
         return None
     block = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     coordinates = tuple(
-        (origin + spacing * np.arange(a, b, dtype=np.float32)).reshape([-1 if k == axis else 1
-                                                                        for k in range(3)])
+        (origin + spacing * np.arange(a, b, dtype=np.float32)).reshape(
+            [-1 if k == axis else 1 for k in range(3)]
+        )
         for axis, (a, b) in enumerate(zip(start, stop, strict=True))
     )
     return block, coordinates
@@ -271,19 +317,21 @@ def _voxel_box(
 
 def _paint_ellipsoid(labels: np.ndarray, shape: _Ellipsoid, origin: float, spacing: float) -> None:
     half_extent = np.abs(shape.axes).T @ shape.semi_axes  # encloses the ellipsoid's bounding box
-    box = _voxel_box(shape.centre - half_extent, shape.centre + half_extent, origin, spacing,
-                     labels.shape[0])
+    box = _voxel_box(
+        shape.centre - half_extent, shape.centre + half_extent, origin, spacing, labels.shape[0]
+    )
     if box is None:
         return
     block, (x, y, z) = box
-    x, y, z = x - shape.centre[0], y - shape.centre[1], z - shape.centre[2]
-    radius2 = sum(((a[0] * x + a[1] * y + a[2] * z) / s) ** 2
-                  for a, s in zip(shape.axes.astype(np.float32), shape.semi_axes, strict=True))
-    inside = radius2 <= 1.0
-    if shape.cut_point is not None and shape.cut_normal is not None:
-        n = shape.cut_normal
-        inside &= n[0] * x + n[1] * y + n[2] * z >= n @ (shape.cut_point - shape.centre)
-    labels[block][inside] = shape.label
+    cx, cy, cz = shape.centre.tolist()  # Python floats keep the arithmetic in float32
+    x, y, z = x - cx, y - cy, z - cz
+    radius2 = sum(
+        ((ax * x + ay * y + az * z) / semi) ** 2
+        for (ax, ay, az), semi in zip(shape.axes.tolist(), shape.semi_axes.tolist(), strict=True)
+    )
+    nx, ny, nz = shape.cut_normal.tolist()
+    offset = float(shape.cut_normal @ (shape.cut_point - shape.centre))
+    labels[block][(radius2 <= 1.0) & (nx * x + ny * y + nz * z >= offset)] = shape.label
 
 
 def _paint_tube(labels: np.ndarray, shape: _Tube, origin: float, spacing: float) -> None:
@@ -291,18 +339,20 @@ def _paint_tube(labels: np.ndarray, shape: _Tube, origin: float, spacing: float)
     last = len(shape.points) - 2
     for index in range(last + 1):
         a, b = shape.points[index], shape.points[index + 1]
-        radius_a, radius_b = shape.radii[index], shape.radii[index + 1]
+        radius_a, radius_b = shape.radii[index].item(), shape.radii[index + 1].item()
         reach = max(radius_a, radius_b)
-        box = _voxel_box(np.minimum(a, b) - reach, np.maximum(a, b) + reach, origin, spacing,
-                         labels.shape[0])
+        box = _voxel_box(
+            np.minimum(a, b) - reach, np.maximum(a, b) + reach, origin, spacing, labels.shape[0]
+        )
         if box is None:
             continue
         block, (x, y, z) = box
-        x, y, z = x - a[0], y - a[1], z - a[2]
-        axis = (b - a).astype(np.float32)
-        along = (axis[0] * x + axis[1] * y + axis[2] * z) / max(float(axis @ axis), 1e-6)
-        inside = along <= 1.0 if index == last else True  # the far end is cut flat, like a crop
+        x, y, z = x - a[0].item(), y - a[1].item(), z - a[2].item()
+        dx, dy, dz = (b - a).tolist()
+        along = (dx * x + dy * y + dz * z) / max(dx * dx + dy * dy + dz * dz, 1e-6)
+        # Only the last segment stops at its end point: the vessel ends flat, like a crop.
+        inside = (along <= 1.0) if index == last else np.True_
         along = np.clip(along, 0.0, 1.0)
-        distance2 = (x - along * axis[0]) ** 2 + (y - along * axis[1]) ** 2 + (z - along * axis[2]) ** 2
-        inside &= distance2 <= (radius_a + along * (radius_b - radius_a)) ** 2
+        distance2 = (x - along * dx) ** 2 + (y - along * dy) ** 2 + (z - along * dz) ** 2
+        inside = inside & (distance2 <= (radius_a + along * (radius_b - radius_a)) ** 2)
         labels[block][inside] = shape.label

@@ -142,7 +142,10 @@ def prepare_one(job: PrepareJob) -> dict[str, Any]:
         write_started = time.perf_counter()
         save_npz_atomic(job.output, sample.arrays)
         if job.plot is not None:
-            plot_sample(volume, sample, job.plot)
+            try:
+                plot_sample(volume, sample, job.plot)
+            except Exception as e:  # the picture is a convenience: never lose the sample for it
+                record["plot_error"] = repr(e)
         record["timings"] = {
             "load_s": round(load_s, 3),
             **{k: round(v, 3) for k, v in sample.timings.items()},

@@ -7,11 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import ListedColormap
 
 from heartvec.samples import Sample
 from heartvec.volume import LabelVolume
@@ -90,11 +88,12 @@ def plot_sample(volume: LabelVolume, sample: Sample, out_png: Path) -> None:
     grid = figure.add_gridspec(2, 4)
     histogram = figure.add_subplot(grid[0, :2])
     bins = np.linspace(-0.3, 1.5, 90).tolist()
-    for class_index in classes:
+    for class_index in classes:  # colour of class i = tab10 colour i - 1, as on the slice
         histogram.hist(
             arrays["vol_sdf"][:, class_index - 1],
             bins=bins,
             histtype="step",
+            color=plt.get_cmap("tab10")(class_index - 1),
             label=table.class_name(class_index),
         )
     histogram.set(title="volume-point SDF per class", xlabel="SDF (normalized)", ylabel="points")
@@ -103,7 +102,12 @@ def plot_sample(volume: LabelVolume, sample: Sample, out_png: Path) -> None:
     near_bins = np.linspace(-0.12, 0.12, 97).tolist()
     for class_index in classes:
         column = arrays["near_sdf"][:, class_index - 1]
-        near.hist(column[np.abs(column) < 0.12], bins=near_bins, histtype="step")
+        near.hist(
+            column[np.abs(column) < 0.12],
+            bins=near_bins,
+            histtype="step",
+            color=plt.get_cmap("tab10")(class_index - 1),
+        )
     near.set(title="near-point SDF per class (|sdf| < 0.12)", xlabel="SDF (normalized)")
     _plot_slice(figure.add_subplot(grid[:, 2:]), volume, sample)
     figure.suptitle(Path(volume.path).name)
@@ -117,13 +121,14 @@ def _plot_slice(axes: Any, volume: LabelVolume, sample: Sample) -> None:
     normalization = sample.normalization
     center_voxel = np.rint(volume.voxel_from_world(normalization.center[None]))[0].astype(int)
     k = int(np.clip(center_voxel[2], 0, volume.shape[2] - 1))
-    axes.imshow(volume.classes[:, :, k].T, origin="lower", cmap="tab20", vmin=0, vmax=20)
+    colours = ListedColormap(["white", *(f"C{i}" for i in range(10))])  # class i = colour C(i-1)
+    axes.imshow(volume.classes[:, :, k].T, origin="lower", cmap=colours, vmin=0, vmax=10)
     world = normalization.to_world(arrays["near_points"].astype(np.float64))
     voxel = volume.voxel_from_world(world)
     on_slice = np.abs(voxel[:, 2] - k) < 0.5
     inside_any = (arrays["near_sdf"][on_slice] < 0).any(axis=1)
-    axes.scatter(*voxel[on_slice][inside_any, :2].T, s=1, c="black", label="inside a class")
-    axes.scatter(*voxel[on_slice][~inside_any, :2].T, s=1, c="white", label="outside all")
+    axes.scatter(*voxel[on_slice][inside_any, :2].T, s=2, c="black", label="SDF < 0 for a class")
+    axes.scatter(*voxel[on_slice][~inside_any, :2].T, s=2, c="red", label="SDF > 0 for all")
     axes.set(title=f"slice k={k}: labels, near points by SDF sign", xlabel="i", ylabel="j")
     axes.legend(loc="upper right", fontsize=7)
 
