@@ -7,7 +7,8 @@ ventricle has a smaller x than the right atrium, and its apex points to -x, +y, 
 Each heart is built from simple primitives placed in millimetres (independent of the voxel grid):
 chambers are ellipsoids (the ventricles and atria cut by the atrioventricular valve plane), vessels
 are tubes of varying radius along Catmull-Rom curves. Overlaps are resolved by `PAINT_ORDER`, so
-neighbours touch without gaps and every voxel has exactly one label. The whole phantom spans
+neighbours touch without gaps and every voxel has exactly one label; each primitive is evaluated
+only inside its own bounding box (about 0.1-0.4 s for 256^3 voxels). The whole phantom spans
 roughly 125 x 135 x 140 mm before the random global scaling of up to 15 %, so a 256 mm field of
 view holds it with a wide margin and a 192 mm one (e.g. 96 voxels of 2 mm) nearly always does.
 """
@@ -33,7 +34,9 @@ STRUCTURES: dict[int, str] = {
 """Label value -> class name and what the phantom draws for it (the project's default table)."""
 
 PAINT_ORDER: tuple[int, ...] = (10, 9, 7, 8, 6, 5, 4, 3, 2, 1)
-"""Labels from lowest to highest priority: where primitives overlap, the later label wins."""
+"""Labels from lowest to highest priority: where primitives overlap, the later label wins. Chambers
+beat vessels so that a vessel can start hidden inside its chamber; LV, myocardium, RV in that order
+so that the septum (myocardium) separates the two ventricles."""
 
 _GLOBAL_SCALE = (0.85, 1.15)
 _MAX_ROTATION_DEG = 12.0
@@ -42,7 +45,7 @@ _SHAPE_JITTER = 0.1  # relative, per structure dimension
 _CURVE_JITTER_MM = 3.0
 _TUBE_STEP_MM = 5.0  # chord deviation on the tightest bend (aortic arch) stays well below 1 mm
 _VALVE_OVERLAP_MM = 3.0  # atria reach this far past the valve plane so they touch the ventricles
-_BASE_LID_MM = 4.0
+_BASE_LID_MM = 4.0  # myocardium over the LV base, so only the valve orifices open into it
 _CATMULL_ROM_BASIS = 0.5 * np.array([[0, 2, 0, 0], [-1, 0, 1, 0], [2, -5, 4, -1], [-1, 3, -3, 1]])
 
 
