@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from heartvec.distance import SurfaceDistance, signed_distance
+from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.normalization import (
     DEFAULT_SCALE_MM,
     Normalization,
@@ -131,6 +131,8 @@ def prepare_sample(
 
     start = time.perf_counter()
     queries = normalization.to_world(np.concatenate([vol_points, near_points]))
+    order = spatial_order(queries)
+    queries = queries[order]
     num_classes = volume.label_table.num_classes
     class_at_queries = volume.class_at(queries)
     sdf = np.full((len(queries), num_classes), ABSENT_SDF, dtype=np.float32)
@@ -141,7 +143,7 @@ def prepare_sample(
             inside=class_at_queries == class_index,
             band_mm=volume.half_voxel_diagonal_mm,
         )
-        sdf[:, class_index - 1] = distance_mm / normalization.scale
+        sdf[order, class_index - 1] = distance_mm / normalization.scale
     timings["sdf_s"] = time.perf_counter() - start
 
     present = np.zeros(num_classes, dtype=bool)

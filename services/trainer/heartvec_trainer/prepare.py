@@ -128,6 +128,21 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def peak_memory_mb() -> int:
+    """Peak resident memory of this process in MB.
+
+    /proc's VmHWM starts afresh at exec; ru_maxrss does not (a child of a large parent
+    would report the parent's peak), so it is only the fallback off Linux.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def prepare_one(job: PrepareJob) -> dict[str, Any]:
     """Prepare one volume; never raises for a bad input, returns its quality record."""
     started = time.perf_counter()
@@ -162,7 +177,7 @@ def prepare_one(job: PrepareJob) -> dict[str, Any]:
             input_error=False,
             traceback=traceback.format_exc(),
         )
-    record["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    record["worker_peak_rss_mb"] = peak_memory_mb()
     write_json_atomic(job.record, record)
     return record
 
