@@ -138,6 +138,15 @@ def test_split_is_seeded_stable_and_complete(tmp_path: Path, run_cli: CLI) -> No
     assert (tmp_path / "val.csv").read_text().split() != val
 
 
+def test_split_of_two_files_has_one_on_each_side(tmp_path: Path, run_cli: CLI) -> None:
+    for seed in range(20):
+        for name in ("a.npz", "b.npz"):
+            (tmp_path / name).write_bytes(b"")
+        assert run_cli("split", tmp_path, "--val-fraction", "0.5", "--seed", str(seed))[0] == 0
+        assert len((tmp_path / "train.csv").read_text().split()) == 2  # header + one
+        assert len((tmp_path / "val.csv").read_text().split()) == 2
+
+
 def test_split_refuses_an_empty_folder(tmp_path: Path, run_cli: CLI) -> None:
     status, _, err = run_cli("split", tmp_path)
     assert status == 2 and "no .npz files" in err

@@ -27,5 +27,9 @@ class InputError(HeartvecError):
         super().__init__(f"{self.source}: {problem}")
 
 
+class StorageError(HeartvecError):
+    """Not enough free space (or a failed write) for an output; nothing half-written is left."""
+
+
 class LabelTableError(InputError):
     """A label table is unknown or malformed."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from heartvec.errors import HeartvecError, InputError
+from heartvec.errors import HeartvecError, InputError, StorageError
 from heartvec.labels import load_label_table
 from heartvec.samples import SampleSettings, prepare_sample
 from heartvec.volume import MAX_VOXELS, load_label_volume
@@ -50,10 +50,6 @@ NPZ_KEYS = (
     "spacing",
 )
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-class StorageError(HeartvecError):
-    """Not enough free space to write an output."""
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,11 @@ def split_names(
     for name in sorted(names):
         bucket = zlib.crc32(f"{seed}:{name}".encode()) / 2**32
         (val if bucket < val_fraction else train).append(name)
+    # a tiny dataset still gets one sample on each side
     if val_fraction > 0 and not val and len(train) > 1:
-        val.append(train.pop())  # a tiny dataset still gets one validation sample
+        val.append(train.pop())
+    if not train and len(val) > 1:
+        train.append(val.pop(0))
     return train, val
 
 

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "labels": ("heartvec.cli.labels", "print a label table"),
     "prepare": ("heartvec_trainer.prepare", "label volumes -> training .npz files"),
     "split": ("heartvec_trainer.split", "write train.csv / val.csv for a prepared folder"),
+    "train": ("heartvec_trainer.train", "train the VecSet autoencoder (alone or under torchrun)"),
+    "evaluate": ("heartvec_trainer.evaluate", "metrics JSON of a checkpoint on a split"),
 }
 
 

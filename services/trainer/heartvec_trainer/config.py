@@ -1,0 +1,114 @@
+"""Training settings and named presets (model + training), overridable by a YAML file."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from heartvec.errors import InputError
+from heartvec.model.config import MODEL_PRESETS, ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train.
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: shapes per step and per process.
+        accumulation: steps whose gradients add up before an optimizer step (effective batch =
+            batch_size x accumulation x world size).
+        learning_rate: peak AdamW learning rate, reached after `warmup_steps`, then cosine decay
+            to `learning_rate * min_lr_ratio`.
+        vol_points / near_points / surface_points: query points per shape and step (volume
+            points half inside, half outside any class; surface points evenly per class).
+        eikonal_points: near points per shape where the eikonal term is evaluated.
+        eikonal_step: central-difference step, normalized units.
+        truncation: SDF targets clamped to +-truncation and divided by it (None: raw SDF).
+        weight_*: loss weights.
+        val_every: validate every N epochs (0: never).
+        precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
+        workers: DataLoader worker processes.
+        seed: seeds model initialisation and every random draw of the data.
+    """
+
+    epochs: int = 100
+    batch_size: int = 8
+    accumulation: int = 1
+    learning_rate: float = 3e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    vol_points: int = 2048
+    near_points: int = 2048
+    surface_points: int = 1024
+    eikonal_points: int = 256
+    eikonal_step: float = 0.005
+    truncation: float | None = 0.1
+    weight_vol: float = 1.0
+    weight_near: float = 10.0
+    weight_surface: float = 10.0
+    weight_eikonal: float = 0.001
+    val_every: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    workers: int = 2
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(
+        batch_size=2,
+        vol_points=1024,
+        near_points=1024,
+        surface_points=512,
+        warmup_steps=20,
+        learning_rate=1e-3,
+        workers=0,
+    ),
+    "small": TrainConfig(),
+    "base": TrainConfig(batch_size=64, learning_rate=1e-4, warmup_steps=1000),
+}
+
+
+def _updated(config: Any, overrides: dict[str, Any], source: str, section: str) -> Any:
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(source, f"unknown {section} settings {unknown}; known: {sorted(known)}")
+    return replace(config, **overrides)
+
+
+def load_config(name_or_yaml: str) -> tuple[str, ModelConfig, TrainConfig]:
+    """A preset by name, or a YAML file `{preset: NAME, model: {...}, train: {...}}`.
+
+    Returns:
+        (preset name, model config, train config).
+    """
+    if name_or_yaml in MODEL_PRESETS:
+        return name_or_yaml, MODEL_PRESETS[name_or_yaml], TRAIN_PRESETS[name_or_yaml]
+    path = Path(name_or_yaml)
+    if not path.is_file():
+        raise InputError(
+            name_or_yaml, f"not a config: expected one of {sorted(MODEL_PRESETS)} or a YAML file"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(path, f"cannot read config: {e}") from e
+    if not isinstance(raw, dict) or set(raw) - {"preset", "model", "train"}:
+        raise InputError(path, "expected a mapping with keys preset, model, train")
+    preset = raw.get("preset", "small")
+    if preset not in MODEL_PRESETS:
+        raise InputError(
+            path, f"unknown preset {preset!r}: expected one of {sorted(MODEL_PRESETS)}"
+        )
+    model = MODEL_PRESETS[preset].updated(raw.get("model") or {}, str(path))
+    train = _updated(TRAIN_PRESETS[preset], raw.get("train") or {}, str(path), "train")
+    return preset, model, train

@@ -1,0 +1,98 @@
+"""Prepared `.npz` samples -> training tensors, with deterministic per-(epoch, item) draws."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from heartvec.errors import InputError
+from heartvec.model.sampling import balanced_surface_subsample
+from heartvec_trainer.config import TrainConfig
+
+
+def read_split(data_dir: Path, split: str) -> list[Path]:
+    """The `.npz` files listed in DATA_DIR/{split}.csv (written by `heartvec split`)."""
+    listing = data_dir / f"{split}.csv"
+    if not listing.is_file():
+        raise InputError(listing, f"no {split} split: run `heartvec split {data_dir}` first")
+    with listing.open() as f:
+        names = [row["file"] for row in csv.DictReader(f)]
+    files = [data_dir / name for name in names]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise InputError(listing, f"lists files that do not exist: {missing[:3]}")
+    if not files:
+        raise InputError(listing, f"the {split} split is empty")
+    return files
+
+
+class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
+    """One item per prepared volume: encoder inputs and query points with their SDF.
+
+    Every random draw of item i in epoch e comes from a generator seeded with (seed, e, i), so
+    a resumed run sees exactly the data the uninterrupted run would have.
+
+    Args:
+        files: `.npz` files in the training format.
+        num_inputs: surface points for the encoder (drawn evenly per class).
+        config: point counts per kind.
+    """
+
+    def __init__(self, files: list[Path], num_inputs: int, config: TrainConfig) -> None:
+        self.files = files
+        self.num_inputs = num_inputs
+        self.config = config
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        config = self.config
+        rng = np.random.default_rng([config.seed, self.epoch, index])
+        with np.load(self.files[index]) as sample:
+            surface_points = sample["surface_points"]
+            surface_labels = sample["surface_labels"]
+            vol_points, vol_sdf = sample["vol_points"], sample["vol_sdf"]
+            near_points, near_sdf = sample["near_points"], sample["near_sdf"]
+            present = sample["class_present"]
+        inputs, input_labels = balanced_surface_subsample(
+            surface_points, surface_labels, self.num_inputs, rng
+        )
+        loss_points, loss_labels = balanced_surface_subsample(
+            surface_points, surface_labels, config.surface_points, rng
+        )
+        inside = vol_sdf.min(axis=1) < 0
+        vol_index = _balanced_choice(inside, config.vol_points, rng)
+        near_index = rng.choice(len(near_points), config.near_points, replace=False)
+        return {
+            "inputs": torch.from_numpy(inputs),  # (N, 3)
+            "input_labels": torch.from_numpy(input_labels),  # (N,)
+            "vol_points": torch.from_numpy(vol_points[vol_index]),  # (V, 3)
+            "vol_sdf": torch.from_numpy(vol_sdf[vol_index]),  # (V, C)
+            "near_points": torch.from_numpy(near_points[near_index]),  # (Mn, 3)
+            "near_sdf": torch.from_numpy(near_sdf[near_index]),  # (Mn, C)
+            "surface_points": torch.from_numpy(loss_points),  # (S, 3)
+            "surface_labels": torch.from_numpy(loss_labels),  # (S,)
+            "class_present": torch.from_numpy(present),  # (C,)
+        }
+
+
+def _balanced_choice(inside: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices: half where `inside`, half where not (with replacement when one side is short)."""
+    halves = []
+    for members, share in (
+        (np.flatnonzero(inside), count // 2),
+        (np.flatnonzero(~inside), count - count // 2),
+    ):
+        if len(members) == 0:
+            members = np.arange(len(inside))
+        halves.append(rng.choice(members, size=share, replace=len(members) < share))
+    return rng.permutation(np.concatenate(halves))

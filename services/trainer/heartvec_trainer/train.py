@@ -1,0 +1,337 @@
+"""`heartvec train --data DIR --out RUN_DIR`: train the VecSet autoencoder, alone or under torchrun.
+
+The loop reads top to bottom: data -> model -> optimizer and schedule -> (resume) -> epochs of
+steps -> validation -> checkpoints. Rank 0 logs and saves; every rank trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from heartvec.errors import InputError, StorageError
+from heartvec.labels import CLASS_NAMES
+from heartvec.model.checkpoint import load_checkpoint, save_checkpoint
+from heartvec.model.config import ModelConfig
+from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_trainer import distributed
+from heartvec_trainer.config import TrainConfig, load_config
+from heartvec_trainer.curves import plot_history
+from heartvec_trainer.data import PreparedShapes, read_split
+from heartvec_trainer.losses import training_loss
+from heartvec_trainer.metrics import evaluate_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="heartvec train",
+        description="Train the VecSet autoencoder on a folder prepared by `heartvec prepare` and "
+        "split by `heartvec split`. Works under torchrun (DDP). Writes RUN_DIR/checkpoint-last.pt "
+        "(every epoch), RUN_DIR/checkpoint-best.pt (best validation mean IoU), "
+        "RUN_DIR/history.json, RUN_DIR/training_curve.png and TensorBoard logs.",
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="prepared folder with train/val.csv"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument(
+        "--config", default="small", help="preset (tiny, small, base) or a YAML file"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--accumulation", type=int, help="gradient accumulation steps")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--workers", type=int, help="DataLoader workers per process")
+    parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from RUN_DIR/checkpoint-last.pt if present"
+    )
+    parser.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases (needs WANDB_API_KEY)"
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {
+        "epochs": "epochs",
+        "batch_size": "batch_size",
+        "accumulation": "accumulation",
+        "lr": "learning_rate",
+        "workers": "workers",
+        "val_every": "val_every",
+        "seed": "seed",
+    }
+    return {
+        field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset, model_config, train_config = load_config(args.config)
+    train_config = replace(train_config, **_overrides(args))
+    runtime = distributed.start(args.device)
+    try:
+        train(
+            args.data,
+            args.out,
+            preset,
+            model_config,
+            train_config,
+            runtime,
+            args.resume,
+            args.wandb,
+        )
+    finally:
+        distributed.stop(runtime)
+    return 0
+
+
+def learning_rate_factor(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPUs (or when asked), None (fp32) on CPUs."""
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def train(
+    data_dir: Path,
+    run_dir: Path,
+    preset: str,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    runtime: distributed.Runtime,
+    resume: bool = False,
+    use_wandb: bool = False,
+) -> list[dict[str, Any]]:
+    """Train and return the per-epoch history (validation metrics included)."""
+    device = runtime.device
+    # every split the run needs is checked before any work: no crash at the first validation
+    train_files = read_split(data_dir, "train")
+    val_files = read_split(data_dir, "val") if config.val_every > 0 else []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    wandb_run = _start_wandb(run_dir, preset, model_config, config) if use_wandb else None
+
+    torch.manual_seed(config.seed)
+    model = VecSetAutoencoder(model_config).to(device)
+    dataset = PreparedShapes(train_files, model_config.num_inputs, config)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        drop_last=len(sampler) >= config.batch_size,
+    )
+    val_loader = DataLoader(
+        PreparedShapes(val_files, model_config.num_inputs, config),
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+    )
+    steps_per_epoch = math.ceil(len(loader) / config.accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, config, total_steps)
+    )
+
+    start_epoch, step, best_iou, history = 0, 0, -1.0, []
+    last_path, best_path = run_dir / "checkpoint-last.pt", run_dir / "checkpoint-best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        if state["model_config"] != model_config.as_dict():
+            raise InputError(last_path, "was trained with another model config; use a new --out")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"], state["step"]
+        best_iou, history = state["best_iou"], state["history"]
+        _restore_rng(state["rng"])
+        if runtime.is_main:
+            print(f"resuming {last_path} after epoch {start_epoch}, step {step}", file=sys.stderr)
+    elif resume and runtime.is_main:
+        print(f"no {last_path}: starting a new run", file=sys.stderr)
+
+    trained = DistributedDataParallel(model) if runtime.distributed else model
+    precision = autocast_dtype(config, device)
+    writer = SummaryWriter(run_dir / "tensorboard") if runtime.is_main else None
+    for epoch in range(start_epoch, config.epochs):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        losses = []
+        progress = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not runtime.is_main,
+            unit="batch",
+        )
+        for index, batch in enumerate(progress):
+            started = time.perf_counter()
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            updates = (index + 1) % config.accumulation == 0 or index + 1 == len(loader)
+            quiet = trained.no_sync() if runtime.distributed and not updates else nullcontext()  # type: ignore[operator]
+            with quiet:
+                with torch.autocast(
+                    device.type, dtype=precision or torch.float32, enabled=precision is not None
+                ):
+                    loss, terms, _ = training_loss(trained, batch, config)
+                (loss / config.accumulation).backward()
+            if updates:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+            losses.append(loss.item())
+            shapes_per_s = (
+                len(batch["inputs"]) * runtime.world_size / (time.perf_counter() - started)
+            )
+            progress.set_postfix(loss=f"{loss.item():.4f}", shapes_per_s=f"{shapes_per_s:.1f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                for name, value in terms.items():
+                    writer.add_scalar(f"train/{name}", float(value), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/shapes_per_s", shapes_per_s, step)
+
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": float(np.mean(losses)),
+        }
+        validate = config.val_every > 0 and (
+            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+        )
+        if validate and runtime.is_main:
+            record["val"] = evaluate_model(model, val_loader, config, device, precision)
+        history.append(record)
+        if runtime.is_main:
+            improved = "val" in record and record["val"]["mean_iou"] > best_iou
+            if improved:
+                best_iou = record["val"]["mean_iou"]
+            state = {
+                "preset": preset,
+                "model_config": model_config.as_dict(),
+                "train_config": config.as_dict(),
+                "class_names": list(CLASS_NAMES),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "best_iou": best_iou,
+                "history": history,
+                "rng": _rng_state(),
+            }
+            _save(last_path, state)
+            if improved:
+                _save(best_path, state)
+            _log_epoch(record, writer, wandb_run)
+            (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+            plot_history(history, run_dir / "training_curve.png")
+        if runtime.distributed:
+            dist.barrier()
+    if writer is not None:
+        writer.close()
+    if wandb_run is not None:
+        wandb_run.finish()
+    return history
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Save, or say loudly why not and keep training (the previous file stays intact)."""
+    try:
+        save_checkpoint(path, state)
+    except StorageError as e:
+        tqdm.write(f"heartvec: warning: {e}", file=sys.stderr)
+
+
+def _log_epoch(record: dict[str, Any], writer: SummaryWriter | None, wandb_run: Any) -> None:
+    line = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
+    scalars = {"epoch/train_loss": record["train_loss"]}
+    if "val" in record:
+        val = record["val"]
+        line += f", val loss {val['loss']:.4f}, val mean IoU {val['mean_iou']:.3f}"
+        scalars.update({"val/loss": val["loss"], "val/mean_iou": val["mean_iou"]})
+        scalars.update({f"val/iou/{name}": v["iou"] for name, v in val["per_class"].items()})
+    tqdm.write(line, file=sys.stderr)
+    for name, value in scalars.items():
+        if writer is not None:
+            writer.add_scalar(name, value, record["epoch"])
+    if wandb_run is not None:
+        wandb_run.log({**scalars, "epoch": record["epoch"]}, step=record["step"])
+
+
+def _start_wandb(run_dir: Path, preset: str, model: ModelConfig, config: TrainConfig) -> Any:
+    import os
+
+    if not os.environ.get("WANDB_API_KEY"):
+        raise InputError("--wandb", "set WANDB_API_KEY in the environment (never in a file)")
+    try:
+        import wandb
+    except ImportError as e:
+        raise InputError("--wandb", "wandb is not installed: pip install 'heartvec[wandb]'") from e
+    return wandb.init(
+        project="heartvec",
+        dir=str(run_dir),
+        name=run_dir.name,
+        config={"preset": preset, "model": model.as_dict(), "train": config.as_dict()},
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    numpy_state: Any = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    random.setstate(state["python"])

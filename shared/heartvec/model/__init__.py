@@ -1,0 +1,1 @@
+"""The VecSet shape autoencoder: surface points with classes -> latent set -> per-class SDF."""

@@ -1,0 +1,55 @@
+"""Choosing which input points become latent queries, and which surface points go in."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def farthest_point_sampling(points: torch.Tensor, count: int) -> torch.Tensor:
+    """Batched farthest point sampling in plain torch (no compiled extension).
+
+    Starts from each cloud's first point (inputs arrive shuffled), then repeatedly takes the
+    point farthest from those already chosen.
+
+    Args:
+        points: (B, N, 3).
+        count: points to choose, <= N.
+
+    Returns:
+        long (B, count) indices into N.
+    """
+    batch, num_points, _ = points.shape
+    chosen = torch.empty(batch, count, dtype=torch.long, device=points.device)
+    nearest = torch.full((batch, num_points), float("inf"), device=points.device)
+    farthest = torch.zeros(batch, dtype=torch.long, device=points.device)
+    rows = torch.arange(batch, device=points.device)
+    for i in range(count):
+        chosen[:, i] = farthest
+        centre = points[rows, farthest].unsqueeze(1)  # (B, 1, 3)
+        nearest = torch.minimum(nearest, ((points - centre) ** 2).sum(-1))  # (B, N)
+        farthest = nearest.argmax(dim=-1)
+    return chosen
+
+
+def balanced_surface_subsample(
+    points: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` surface points drawn evenly per class present, so thin vessels are not drowned
+    by the chambers; shuffled. Classes with too few points are drawn with replacement.
+
+    Args:
+        points: (S, 3) surface samples; labels: (S,) class index 1..C.
+
+    Returns:
+        points (count, 3) float32 and labels (count,) int64.
+    """
+    classes = np.unique(labels)
+    shares = np.full(len(classes), count // len(classes))
+    shares[: count - shares.sum()] += 1
+    picked = []
+    for class_index, share in zip(classes, shares, strict=True):
+        members = np.flatnonzero(labels == class_index)
+        picked.append(rng.choice(members, size=share, replace=len(members) < share))
+    order = rng.permutation(np.concatenate(picked))
+    return points[order].astype(np.float32), labels[order].astype(np.int64)
