@@ -1,0 +1,75 @@
+"""The VecSet autoencoder's parts: FPS, shapes, the finite-difference eikonal term."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from heartvec.model.config import MODEL_PRESETS
+from heartvec.model.sampling import balanced_surface_subsample, farthest_point_sampling
+from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_trainer.config import TRAIN_PRESETS
+from heartvec_trainer.losses import _eikonal, eikonal_queries
+
+
+def test_fps_spreads_points_better_than_random() -> None:
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(3, 2000, 3, generator=generator)
+    index = farthest_point_sampling(points, 64)
+    assert index.shape == (3, 64)
+    assert all(len(set(row.tolist())) == 64 for row in index)
+
+    def coverage(chosen: torch.Tensor) -> float:  # worst distance from a point to the chosen
+        return float(torch.cdist(points[0], points[0, chosen]).min(dim=1).values.max())
+
+    assert coverage(index[0]) < 0.7 * coverage(torch.arange(64))
+
+
+def test_balanced_subsample_gives_each_class_its_share() -> None:
+    labels = np.repeat([1, 2, 10], [9000, 900, 30])
+    points = np.random.default_rng(0).random((len(labels), 3))
+    chosen, chosen_labels = balanced_surface_subsample(
+        points, labels, 300, np.random.default_rng(1)
+    )
+    assert chosen.shape == (300, 3) and chosen.dtype == np.float32
+    assert sorted(np.bincount(chosen_labels)[[1, 2, 10]].tolist()) == [100, 100, 100]
+
+
+def test_autoencoder_shapes_per_class_output() -> None:
+    torch.manual_seed(0)
+    config = MODEL_PRESETS["tiny"]
+    model = VecSetAutoencoder(config)
+    points = torch.rand(2, config.num_inputs, 3) * 2 - 1
+    labels = torch.randint(1, 11, (2, config.num_inputs))
+    latents = model.encode(points, labels)
+    assert latents.shape == (2, config.num_latents, config.latent_dim)
+    sdf = model.decode(model.process(latents), torch.rand(2, 77, 3))
+    assert sdf.shape == (2, 77, 10)
+
+
+def test_finite_difference_gradient_matches_autograd() -> None:
+    """The eikonal term's central differences agree with the true gradient of the decoder."""
+    torch.manual_seed(0)
+    model = VecSetAutoencoder(MODEL_PRESETS["tiny"]).double()
+    points = torch.rand(1, 512, 3, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(1, 11, (1, 512))
+    context = model.process(model.encode(points, labels))
+    centres = (torch.rand(1, 20, 3, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    sdf = model.decode(context, centres)  # (1, 20, C)
+    channel = 3
+    (true_gradient,) = torch.autograd.grad(sdf[..., channel].sum(), centres)
+    step = 1e-5  # the error falls as step^2 (truncation), so it converges to autograd
+    shifted = model.decode(context, eikonal_queries(centres.detach(), step)).view(1, 20, 6, 10)
+    difference = (shifted[:, :, :3, channel] - shifted[:, :, 3:, channel]) / (2 * step)
+    torch.testing.assert_close(difference, true_gradient, rtol=1e-4, atol=1e-3)
+
+
+def test_eikonal_is_zero_for_a_true_distance_field() -> None:
+    config = TRAIN_PRESETS["tiny"]
+    centres = torch.rand(2, 30, 3) * 0.2
+    shifted_points = eikonal_queries(centres, config.eikonal_step)  # (2, 180, 3)
+    # a plane's signed distance x, in truncated units x / t, on every channel
+    prediction = (shifted_points[..., :1] / config.truncation).expand(-1, -1, 10)
+    sdf = centres[..., :1].expand(-1, -1, 10) * 0  # all inside the band
+    assert float(_eikonal(prediction, sdf, config)) < 1e-6
+    assert float(_eikonal(2 * prediction, sdf, config)) > 0.9

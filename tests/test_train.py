@@ -1,0 +1,207 @@
+"""Training on CPU: loss falls, resume after a kill is exact, DDP (gloo) matches one process,
+checkpoints are refused clearly when broken, and `evaluate` reports metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import REPO
+
+from heartvec.model.checkpoint import load_checkpoint
+from heartvec.model.config import MODEL_PRESETS
+from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_trainer.config import TRAIN_PRESETS
+from heartvec_trainer.data import PreparedShapes, read_split
+from heartvec_trainer.losses import training_loss
+
+CLI = Callable[..., tuple[int, str, str]]
+HEARTVEC = str(Path(sys.executable).parent / "heartvec")
+FAST = ["--config", "tiny", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small phantoms prepared with few points; train lists each one 4 times."""
+    from heartvec.cli import main
+
+    root = tmp_path_factory.mktemp("train")
+    volumes, data = root / "volumes", root / "data"
+    assert main(["phantom", str(volumes), "--count", "3", "--seed", "40", "--size", "96",
+                 "--spacing", "2.2"]) == 0  # fmt: skip
+    points = ["--surface-points", "6000", "--vol-points", "4000", "--near-points", "4000"]
+    assert main(["prepare", str(volumes), "--out", str(data), *points]) == 0
+    names = sorted(p.name for p in data.glob("*.npz"))
+    (data / "train.csv").write_text("\n".join(["file", *(names[:2] * 4)]) + "\n")
+    (data / "val.csv").write_text(f"file\n{names[2]}\n")
+    return data
+
+
+def test_loss_falls_and_outputs_appear(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:
+    run = tmp_path / "run"
+    status, _, _ = run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "4")
+    assert status == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
+    assert all("val" in r for r in history)
+    for name in ("checkpoint-last.pt", "checkpoint-best.pt", "training_curve.png"):
+        assert (run / name).stat().st_size > 0
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    assert state["epoch"] == 4 and state["model_config"] == MODEL_PRESETS["tiny"].as_dict()
+    assert state["class_names"][0] == "left_ventricle"
+
+    status, out, _ = run_cli("evaluate", "--checkpoint", run / "checkpoint-best.pt",
+                             "--data", dataset)  # fmt: skip
+    report = json.loads(out)
+    assert status == 0 and 0 <= report["mean_iou"] <= 1
+    assert set(report["per_class"]) >= {"left_ventricle", "aorta", "pulmonary_veins"}
+    assert len(report["checkpoint_sha256"]) == 64
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
+    dataset: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    epochs = ["--epochs", "3", "--val-every", "0"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_cli("train", "--data", dataset, "--out", whole, *FAST, *epochs)[0] == 0
+
+    command = [HEARTVEC, "train", "--data", str(dataset), "--out", str(killed), *FAST, *epochs]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    last = killed / "checkpoint-last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert load_checkpoint(last)["epoch"] < 3  # killed before the end
+
+    assert run_cli("train", "--data", dataset, "--out", killed, *FAST, *epochs, "--resume")[0] == 0
+    expected, resumed = load_checkpoint(whole / "checkpoint-last.pt"), load_checkpoint(last)
+    assert resumed["epoch"] == expected["epoch"] == 3 and resumed["step"] == expected["step"]
+    for name, tensor in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def _rank_gradients(rank: int, world: int, init: str, batch_file: str, out: str) -> None:
+    """One DDP rank on half of a fixed batch; rank 0 writes the synchronised gradients."""
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(VecSetAutoencoder(MODEL_PRESETS["tiny"]))
+    batch = torch.load(batch_file)
+    half = {k: v.chunk(world)[rank] for k, v in batch.items()}
+    loss, _, _ = training_loss(model, half, TRAIN_PRESETS["tiny"])
+    loss.backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process(dataset: Path, tmp_path: Path) -> None:
+    files = read_split(dataset, "train")
+    shapes = PreparedShapes(files, MODEL_PRESETS["tiny"].num_inputs, TRAIN_PRESETS["tiny"])
+    items = [shapes[i] for i in range(4)]
+    batch = {key: torch.stack([item[key] for item in items]) for key in items[0]}
+    torch.save(batch, tmp_path / "batch.pt")
+    torch.manual_seed(0)
+    model = VecSetAutoencoder(MODEL_PRESETS["tiny"])
+    loss, _, _ = training_loss(model, batch, TRAIN_PRESETS["tiny"])
+    loss.backward()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    args = (2, init, str(tmp_path / "batch.pt"), str(tmp_path / "grads.pt"))
+    mp.spawn(_rank_gradients, args=args, nprocs=2, join=True)
+    distributed = torch.load(tmp_path / "grads.pt")
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(distributed[name], parameter.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(dataset: Path, tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "--no-python", HEARTVEC, "train",
+         "--data", dataset, "--out", run, *FAST, "--epochs", "2", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    assert state["epoch"] == 2
+    # 8 training items over 2 ranks at batch 2: 2 steps per epoch
+    assert state["step"] == 4
+
+
+def test_truncated_checkpoint_is_refused(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "1")[0] == 0
+    whole = (run / "checkpoint-last.pt").read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(whole[: len(whole) // 2])
+    status, _, err = run_cli("evaluate", "--checkpoint", broken, "--data", dataset)
+    assert status == 2
+    assert f"heartvec: error: {broken}: truncated or corrupt checkpoint" in err
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    status, _, err = run_cli("evaluate", "--checkpoint", tmp_path / "notes.pt", "--data", dataset)
+    assert status == 2 and "notes.pt" in err
+    # a truncated last checkpoint also stops --resume, with the same message
+    shutil.copy(broken, run / "checkpoint-last.pt")
+    status, _, err = run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "2",
+                             "--resume")  # fmt: skip
+    assert status == 2 and "truncated or corrupt checkpoint" in err
+
+
+def test_full_disk_keeps_the_previous_checkpoint(
+    dataset: Path, tmp_path: Path, run_cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "1")[0] == 0
+    before = (run / "checkpoint-last.pt").read_bytes()
+    full = shutil.disk_usage(run)._replace(free=1000)
+    monkeypatch.setattr("heartvec.model.checkpoint.shutil.disk_usage", lambda _: full)
+    status, _, err = run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "2",
+                             "--resume")  # fmt: skip
+    assert status == 0 and "not saved" in err
+    assert (run / "checkpoint-last.pt").read_bytes() == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_missing_validation_split_fails_before_training(
+    dataset: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in dataset.glob("*.npz"):
+        (data / path.name).symlink_to(path)
+    shutil.copy(dataset / "train.csv", data / "train.csv")
+    status, _, err = run_cli("train", "--data", data, "--out", tmp_path / "run", *FAST)
+    assert status == 2 and "val.csv: no val split" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_config_overrides_a_preset(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("preset: tiny\nmodel:\n  depth: 1\ntrain:\n  epochs: 1\n  workers: 0\n")
+    assert (
+        run_cli("train", "--data", dataset, "--out", tmp_path / "run", "--config", config)[0] == 0
+    )
+    state = load_checkpoint(tmp_path / "run" / "checkpoint-last.pt")
+    assert state["model_config"]["depth"] == 1 and state["train_config"]["epochs"] == 1
+    config.write_text("preset: tiny\nmodel:\n  depht: 1\n")
+    status, _, err = run_cli(
+        "train", "--data", dataset, "--out", tmp_path / "x", "--config", config
+    )
+    assert status == 2 and "unknown model settings ['depht']" in err
+    assert np.isfinite(state["best_iou"])
