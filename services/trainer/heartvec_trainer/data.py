@@ -40,12 +40,17 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
         files: `.npz` files in the training format.
         num_inputs: surface points for the encoder (drawn evenly per class).
         config: point counts per kind.
+        balance_volume: draw volume points half inside, half outside any class (training);
+            False draws them uniformly, as a volumetric IoU needs (evaluation).
     """
 
-    def __init__(self, files: list[Path], num_inputs: int, config: TrainConfig) -> None:
+    def __init__(
+        self, files: list[Path], num_inputs: int, config: TrainConfig, balance_volume: bool = True
+    ) -> None:
         self.files = files
         self.num_inputs = num_inputs
         self.config = config
+        self.balance_volume = balance_volume
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,8 +74,10 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
         loss_points, loss_labels = balanced_surface_subsample(
             surface_points, surface_labels, config.surface_points, rng
         )
-        inside = vol_sdf.min(axis=1) < 0
-        vol_index = _balanced_choice(inside, config.vol_points, rng)
+        if self.balance_volume:
+            vol_index = _balanced_choice(vol_sdf.min(axis=1) < 0, config.vol_points, rng)
+        else:
+            vol_index = rng.choice(len(vol_points), config.vol_points, replace=False)
         near_index = rng.choice(len(near_points), config.near_points, replace=False)
         return {
             "inputs": torch.from_numpy(inputs),  # (N, 3)

@@ -158,7 +158,7 @@ def train(
         drop_last=len(sampler) >= config.batch_size,
     )
     val_loader = DataLoader(
-        PreparedShapes(val_files, model_config.num_inputs, config),
+        PreparedShapes(val_files, model_config.num_inputs, config, balance_volume=False),
         batch_size=config.batch_size,
         num_workers=config.workers,
     )

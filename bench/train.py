@@ -1,0 +1,217 @@
+"""Training throughput and peak memory per preset and batch size; updates BENCHMARKS.md.
+
+Each configuration runs in a fresh process (so peak memory is its own): a few warm-up steps,
+then timed steps of forward + backward + AdamW on synthetic batches of the training shapes
+(data loading excluded). The eikonal term is on. For comparison, the same step with the
+eikonal gradient taken by autograd (double backward, one per class channel) instead of the
+finite differences heartvec uses.
+
+Usage: .venv/bin/python bench/train.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+
+from heartvec.model.config import MODEL_PRESETS
+from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_trainer.config import TRAIN_PRESETS, TrainConfig
+from heartvec_trainer.losses import sdf_target, training_loss
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_RUNS = [("tiny", 1, "fd"), ("tiny", 4, "fd"), ("tiny", 4, "autograd"), ("small", 1, "fd"),
+            ("small", 2, "fd"), ("small", 2, "autograd"), ("base", 1, "fd")]  # fmt: skip
+GPU_RUNS = [("small", 16, "fd"), ("small", 64, "fd"), ("base", 16, "fd"), ("base", 32, "fd"),
+            ("base", 64, "fd"), ("base", 2, "autograd")]  # fmt: skip
+
+
+def synthetic_batch(preset: str, batch: int, config: TrainConfig, device: torch.device) -> dict:
+    inputs = MODEL_PRESETS[preset].num_inputs
+    classes = MODEL_PRESETS[preset].num_classes
+    generator = torch.Generator().manual_seed(0)
+
+    def points(n: int) -> torch.Tensor:
+        return torch.rand(batch, n, 3, generator=generator) * 2 - 1
+
+    tensors = {
+        "inputs": points(inputs),
+        "input_labels": torch.randint(1, classes + 1, (batch, inputs), generator=generator),
+        "vol_points": points(config.vol_points),
+        "vol_sdf": torch.randn(batch, config.vol_points, classes, generator=generator) * 0.1,
+        "near_points": points(config.near_points),
+        "near_sdf": torch.randn(batch, config.near_points, classes, generator=generator) * 0.05,
+        "surface_points": points(config.surface_points),
+        "surface_labels": torch.randint(1, classes + 1, (batch, config.surface_points)),
+        "class_present": torch.ones(batch, classes, dtype=torch.bool),
+    }
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def autograd_eikonal_loss(model: torch.nn.Module, batch: dict, config: TrainConfig) -> torch.Tensor:
+    """The alternative heartvec does not use: eikonal by autograd, a double backward."""
+    loss, _, _ = training_loss(model, batch, replace(config, weight_eikonal=0.0))
+    centres = batch["near_points"][:, : config.eikonal_points].clone().requires_grad_(True)
+    predicted = model(batch["inputs"], batch["input_labels"], centres).float()
+    target = sdf_target(batch["near_sdf"][:, : config.eikonal_points], config.truncation)
+    penalty = predicted.new_zeros(())
+    for channel in range(predicted.shape[-1]):
+        (gradient,) = torch.autograd.grad(predicted[..., channel].sum(), centres, create_graph=True)
+        inside_band = target[..., channel].abs() < 1
+        norm = gradient.norm(dim=-1) * (config.truncation or 1.0)
+        penalty = penalty + ((norm - 1) ** 2 * inside_band).mean()
+    return loss + config.weight_eikonal * penalty
+
+
+def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str, Any]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = VecSetAutoencoder(MODEL_PRESETS[preset]).to(device)
+    config = TRAIN_PRESETS[preset]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = synthetic_batch(preset, batch_size, config, device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            if mode == "fd":
+                loss, _, _ = training_loss(model, batch, config)
+            else:
+                loss = autograd_eikonal_loss(model, batch, config)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - started) / steps
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _process_peak_mb()
+    )
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.machine()
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    return {
+        "preset": preset, "batch": batch_size, "eikonal": mode, "device": str(device),
+        "device_name": name, "seconds_per_step": seconds, "shapes_per_s": batch_size / seconds,
+        "peak_memory_mb": round(peak_mb), "parameters_m": parameters,
+    }  # fmt: skip
+
+
+def _process_peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--one", nargs=3, metavar=("PRESET", "BATCH", "MODE"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="tiny and small only")
+    args = parser.parse_args()
+    if args.one:
+        preset, batch, mode = args.one
+        print(json.dumps(measure_one(preset, int(batch), mode, args.steps)))
+        return 0
+    runs = GPU_RUNS if torch.cuda.is_available() else CPU_RUNS
+    if args.quick:
+        runs = [r for r in runs if r[0] != "base"]
+    results = []
+    for preset, batch, mode in runs:
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            preset,
+            str(batch),
+            mode,
+            "--steps",
+            str(args.steps),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
+            results.append({"preset": preset, "batch": batch, "eikonal": mode, "error": tail})
+        else:
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(results[-1], flush=True)
+    summary = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+        "runs": results,
+    }
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    name = "train_gpu" if torch.cuda.is_available() else "train_cpu"
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    plot(results, out / f"{name}.png")
+    update_benchmarks(summary, name)
+    return 0
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    done = [r for r in results if "error" not in r]
+    labels = [f"{r['preset']} b{r['batch']} {r['eikonal']}" for r in done]
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    colours = ["C0" if r["eikonal"] == "fd" else "C3" for r in done]
+    speed.barh(labels, [r["shapes_per_s"] for r in done], color=colours)
+    speed.set(xscale="log", xlabel="shapes / s (log)", title="training throughput")
+    memory.barh(labels, [r["peak_memory_mb"] for r in done], color=colours)
+    memory.set(xlabel="MB", title="peak memory (blue: finite-difference eikonal, red: autograd)")
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def update_benchmarks(summary: dict[str, Any], name: str) -> None:
+    start, end = f"<!-- bench/train.py:{name}:start -->", f"<!-- bench/train.py:{name}:end -->"
+    lines = [start, f"Measured {summary['date']} on {summary['machine']} by `bench/train.py`.", "",
+             "| preset | batch | eikonal | shapes/s | s/step | peak memory | parameters |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["runs"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['preset']} | {r['batch']} | {r['eikonal']} | failed: {r['error']} | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['preset']} | {r['batch']} | {r['eikonal']} | {r['shapes_per_s']:.2f} | "
+            f"{r['seconds_per_step']:.3f} | {r['peak_memory_mb']:,} MB | "
+            f"{r['parameters_m']:.1f} M |"
+        )
+    lines += ["", f"![training benchmark](bench/results/{name}.png)", end]
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text()
+    section = "\n".join(lines)
+    if start in text:
+        before, rest = text.split(start, 1)
+        text = before + section + rest.split(end, 1)[1]
+    else:
+        heading = "GPU" if name.endswith("gpu") else "CPU"
+        text = text.rstrip() + f"\n\n## Training throughput ({heading})\n\n" + section + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
