@@ -205,3 +205,38 @@ def test_yaml_config_overrides_a_preset(dataset: Path, tmp_path: Path, run_cli: 
     )
     assert status == 2 and "unknown model settings ['depht']" in err
     assert np.isfinite(state["best_iou"])
+
+
+@pytest.mark.slow
+def test_tiny_overfits_one_phantom(tmp_path_factory: pytest.TempPathFactory, run_cli: CLI) -> None:
+    """`tiny` learns one phantom to a volumetric sign IoU >= 0.95 per class on average."""
+    root = tmp_path_factory.mktemp("overfit")
+    assert run_cli("phantom", root / "volume", "--count", "1", "--seed", "5", "--size", "128",
+                   "--spacing", "2.0")[0] == 0  # fmt: skip
+    assert run_cli("prepare", root / "volume", "--out", root / "data")[0] == 0
+    (root / "data" / "train.csv").write_text("file\n" + "phantom_s0005.npz\n" * OVERFIT_COPIES)
+    (root / "data" / "val.csv").write_text("file\nphantom_s0005.npz\n")
+    run = root / "run"
+    status, _, _ = run_cli("train", "--data", root / "data", "--out", run,
+                           "--config", OVERFIT_CONFIG, "--epochs", str(OVERFIT_EPOCHS),
+                           "--val-every", str(OVERFIT_EPOCHS))  # fmt: skip
+    assert status == 0
+    final = json.loads((run / "history.json").read_text())[-1]["val"]
+    assert final["mean_iou"] >= 0.95, final["per_class"]
+
+
+def test_augmentation_is_a_similarity_that_scales_the_sdf(dataset: Path) -> None:
+    from dataclasses import replace
+
+    config = replace(TRAIN_PRESETS["tiny"], augment=True, augment_rotation_deg=30.0)
+    files = read_split(dataset, "train")[:1]
+    plain = PreparedShapes(files, 512, TRAIN_PRESETS["tiny"])[0]
+    moved = PreparedShapes(files, 512, config)[0]  # same draws, then the transform
+    assert not torch.allclose(plain["vol_points"], moved["vol_points"])
+    before = torch.pdist(plain["near_points"][:200].double())
+    after = torch.pdist(moved["near_points"][:200].double())
+    scale = float((after / before).median())
+    assert 0.9 <= scale <= 1.1
+    torch.testing.assert_close(after, before * scale, rtol=1e-4, atol=1e-5)  # rigid + scale
+    torch.testing.assert_close(moved["near_sdf"], plain["near_sdf"] * scale, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(moved["vol_sdf"], plain["vol_sdf"] * scale, rtol=1e-4, atol=1e-6)

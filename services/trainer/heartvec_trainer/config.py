@@ -29,6 +29,8 @@ class TrainConfig:
         eikonal_step: central-difference step, normalized units.
         truncation: SDF targets clamped to +-truncation and divided by it (None: raw SDF).
         weight_*: loss weights.
+        augment: random similarity transform per shape and step (off by default: hearts come
+            anatomically aligned); `augment_rotation_deg` and `augment_scale` bound it.
         val_every: validate every N epochs (0: never).
         precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
         workers: DataLoader worker processes.
@@ -53,6 +55,9 @@ class TrainConfig:
     weight_near: float = 10.0
     weight_surface: float = 10.0
     weight_eikonal: float = 0.001
+    augment: bool = False
+    augment_rotation_deg: float = 10.0
+    augment_scale: float = 0.1
     val_every: int = 1
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     workers: int = 2

@@ -30,6 +30,18 @@ def read_split(data_dir: Path, split: str) -> list[Path]:
     return files
 
 
+def normalization_of(files: list[Path]) -> dict[str, float | None]:
+    """How the files were normalized: one fixed `scale_mm` for all, or None ('fit' per file).
+
+    Stored in checkpoints so reconstruction puts new volumes in the same frame.
+    """
+    scales = set()
+    for path in files[:50]:
+        with np.load(path) as sample:
+            scales.add(round(float(sample["scale"]), 4))
+    return {"scale_mm": scales.pop() if len(scales) == 1 else None}
+
+
 class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
     """One item per prepared volume: encoder inputs and query points with their SDF.
 
@@ -40,17 +52,17 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
         files: `.npz` files in the training format.
         num_inputs: surface points for the encoder (drawn evenly per class).
         config: point counts per kind.
-        balance_volume: draw volume points half inside, half outside any class (training);
-            False draws them uniformly, as a volumetric IoU needs (evaluation).
+        evaluation: keep every volume and near point of the file (uniform volume points, as a
+            volumetric IoU needs) instead of drawing `config`'s counts, balanced for training.
     """
 
     def __init__(
-        self, files: list[Path], num_inputs: int, config: TrainConfig, balance_volume: bool = True
+        self, files: list[Path], num_inputs: int, config: TrainConfig, evaluation: bool = False
     ) -> None:
         self.files = files
         self.num_inputs = num_inputs
         self.config = config
-        self.balance_volume = balance_volume
+        self.evaluation = evaluation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,11 +86,22 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
         loss_points, loss_labels = balanced_surface_subsample(
             surface_points, surface_labels, config.surface_points, rng
         )
-        if self.balance_volume:
-            vol_index = _balanced_choice(vol_sdf.min(axis=1) < 0, config.vol_points, rng)
+        if self.evaluation:
+            vol_index, near_index = np.arange(len(vol_points)), np.arange(len(near_points))
         else:
-            vol_index = rng.choice(len(vol_points), config.vol_points, replace=False)
-        near_index = rng.choice(len(near_points), config.near_points, replace=False)
+            vol_index = _balanced_choice(vol_sdf.min(axis=1) < 0, config.vol_points, rng)
+            near_index = rng.choice(len(near_points), config.near_points, replace=False)
+        if config.augment and not self.evaluation:
+            rotation, scale = _random_similarity(config, rng)
+            inputs, loss_points = inputs @ rotation.T * scale, loss_points @ rotation.T * scale
+            vol_points, near_points = (
+                vol_points @ rotation.T * scale,
+                near_points @ rotation.T * scale,
+            )
+            vol_sdf, near_sdf = vol_sdf * scale, near_sdf * scale  # distances scale too
+            inputs, loss_points = inputs.astype(np.float32), loss_points.astype(np.float32)
+            vol_points, near_points = vol_points.astype(np.float32), near_points.astype(np.float32)
+            vol_sdf, near_sdf = vol_sdf.astype(np.float32), near_sdf.astype(np.float32)
         return {
             "inputs": torch.from_numpy(inputs),  # (N, 3)
             "input_labels": torch.from_numpy(input_labels),  # (N,)
@@ -90,6 +113,17 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
             "surface_labels": torch.from_numpy(loss_labels),  # (S,)
             "class_present": torch.from_numpy(present),  # (C,)
         }
+
+
+def _random_similarity(config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A rotation (3, 3) about a random axis by up to `augment_rotation_deg`, and a scale in
+    [1 - augment_scale, 1 + augment_scale]; both keep SDF exact (distances scale with it)."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(-config.augment_rotation_deg, config.augment_rotation_deg))
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    return rotation, float(rng.uniform(1 - config.augment_scale, 1 + config.augment_scale))
 
 
 def _balanced_choice(inside: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:

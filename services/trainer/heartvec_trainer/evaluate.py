@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_config = ModelConfig(**state["model_config"])
     files = read_split(args.data, args.split)
     loader = DataLoader(
-        PreparedShapes(files, model_config.num_inputs, config, balance_volume=False),
+        PreparedShapes(files, model_config.num_inputs, config, evaluation=True),
         batch_size=config.batch_size,
     )
     metrics = evaluate_model(model, loader, config, device, autocast_dtype(config, device))

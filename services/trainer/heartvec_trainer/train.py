@@ -35,7 +35,7 @@ from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TrainConfig, load_config
 from heartvec_trainer.curves import plot_history
-from heartvec_trainer.data import PreparedShapes, read_split
+from heartvec_trainer.data import PreparedShapes, normalization_of, read_split
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
 
@@ -140,6 +140,7 @@ def train(
     # every split the run needs is checked before any work: no crash at the first validation
     train_files = read_split(data_dir, "train")
     val_files = read_split(data_dir, "val") if config.val_every > 0 else []
+    normalization = normalization_of(train_files)
     run_dir.mkdir(parents=True, exist_ok=True)
     wandb_run = _start_wandb(run_dir, preset, model_config, config) if use_wandb else None
 
@@ -158,7 +159,7 @@ def train(
         drop_last=len(sampler) >= config.batch_size,
     )
     val_loader = DataLoader(
-        PreparedShapes(val_files, model_config.num_inputs, config, balance_volume=False),
+        PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True),
         batch_size=config.batch_size,
         num_workers=config.workers,
     )
@@ -253,6 +254,7 @@ def train(
                 "model_config": model_config.as_dict(),
                 "train_config": config.as_dict(),
                 "class_names": list(CLASS_NAMES),
+                "normalization": normalization,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),

@@ -1,0 +1,52 @@
+"""Writing reconstruction outputs: class meshes (PLY), the whole heart (GLB), the label volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import trimesh
+
+from heartvec.labels import LabelTable
+from heartvec.surfaces import Surface
+
+
+def class_colour(class_index: int) -> np.ndarray:
+    """RGBA uint8 colour of a class (matplotlib's tab10, the colours of every heartvec plot)."""
+    red, green, blue, _ = plt.get_cmap("tab10")(class_index - 1)
+    return np.array([red * 255, green * 255, blue * 255, 255], dtype=np.uint8)
+
+
+def _trimesh(surface: Surface, class_index: int) -> trimesh.Trimesh:
+    colours = np.tile(class_colour(class_index), (len(surface.faces), 1))
+    return trimesh.Trimesh(surface.vertices, surface.faces, face_colors=colours, process=False)
+
+
+def write_meshes(meshes: dict[int, Surface], table: LabelTable, out_dir: Path) -> dict[int, Path]:
+    """meshes/<index>_<name>.ply per class (world mm) and heart.glb with one node per class."""
+    mesh_dir = out_dir / "meshes"
+    mesh_dir.mkdir(parents=True, exist_ok=True)
+    scene = trimesh.Scene()
+    paths = {}
+    for class_index, surface in sorted(meshes.items()):
+        name = table.class_name(class_index)
+        mesh = _trimesh(surface, class_index)
+        paths[class_index] = mesh_dir / f"{class_index:02d}_{name}.ply"
+        mesh.export(paths[class_index])
+        scene.add_geometry(mesh, node_name=name, geom_name=name)
+    scene.export(out_dir / "heart.glb")
+    return paths
+
+
+def write_label_volume(
+    classes: np.ndarray, affine: np.ndarray, table: LabelTable, path: Path
+) -> None:
+    """Class indices -> the input's label values (its label table), on the input's grid."""
+    values = np.zeros(classes.shape, dtype=np.int16)
+    for class_index in np.unique(classes[classes > 0]):
+        values[classes == class_index] = table.value_of_class(int(class_index))
+    image = nib.Nifti1Image(values, affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)

@@ -1,0 +1,282 @@
+"""`reconstruct(...)`: the one reconstruction code path of the CLI, the service and the worker.
+
+load + validate -> surface points with classes (the training data's own code) -> encode ->
+(optional latent refinement) -> per-class SDF on a narrow-band grid -> marching cubes per
+class -> label volume on the input's grid -> outputs and report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from heartvec.errors import InputError
+from heartvec.labels import LabelTable
+from heartvec.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from heartvec.model.sampling import balanced_surface_subsample
+from heartvec.model.vecset import VecSetAutoencoder
+from heartvec.normalization import (
+    DEFAULT_SCALE_MM,
+    Normalization,
+    fitted_normalization,
+    fixed_normalization,
+)
+from heartvec.reconstruction.export import write_label_volume, write_meshes
+from heartvec.reconstruction.grid import SdfGrid, decode_grid
+from heartvec.reconstruction.meshes import class_meshes, label_volume
+from heartvec.reconstruction.metrics import overlap, surface_distances
+from heartvec.reconstruction.refine import refine_latents
+from heartvec.reconstruction.render import render_preview
+from heartvec.samples import sample_surfaces
+from heartvec.surfaces import Surface, class_surfaces
+from heartvec.volume import LabelVolume, load_label_volume
+
+Progress = Callable[[str, float], None]
+"""Called with (stage name, overall fraction done in [0, 1]) as each stage starts."""
+
+STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
+GRID_MARGIN = 0.05  # normalized units of room around the input's surfaces
+
+
+@dataclass(frozen=True)
+class ReconstructSettings:
+    """Args:
+    resolution: grid points along the longest side of the heart's box (up to 512).
+    refine_steps: gradient steps on the latent set to fit the input itself (0: none).
+    device: 'cpu', 'cuda' or 'cuda:N'.
+    seed: seeds the surface sampling.
+    """
+
+    resolution: int = 256
+    refine_steps: int = 0
+    device: str = "cpu"
+    seed: int = 0
+
+
+class _Clock:
+    def __init__(self, progress: Progress | None) -> None:
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.progress is not None:
+            self.progress(name, STAGES.index(name) / len(STAGES))
+        started = time.perf_counter()
+        yield
+        self.timings[f"{name}_s"] = round(time.perf_counter() - started, 3)
+
+
+def reconstruct(
+    source: str | Path,
+    out_dir: str | Path,
+    label_table: LabelTable,
+    checkpoint: str | Path,
+    settings: ReconstructSettings = ReconstructSettings(),
+    ignore_unknown_labels: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Reconstruct one label volume; writes the outputs of CONTRACT.md into `out_dir`.
+
+    Returns:
+        the report (also written to `out_dir/report.json`).
+
+    Raises:
+        InputError: a bad volume, or a checkpoint whose classes do not cover the volume's.
+        CheckpointError: a missing or broken checkpoint.
+    """
+    out_dir = Path(out_dir)
+    clock = _Clock(progress)
+    device = torch.device(settings.device)
+    rng = np.random.default_rng(settings.seed)
+    with clock.stage("load"):
+        volume = load_label_volume(source, label_table, ignore_unknown_labels)
+        surfaces = class_surfaces(volume)
+    with clock.stage("model"):
+        state = load_checkpoint(checkpoint, map_location=device)
+        _check_classes(state, volume, Path(checkpoint))
+        model = model_from_checkpoint(state).to(device).eval()
+        normalization = _normalization(state, surfaces)
+    with clock.stage("encode"):
+        points, labels = _encoder_inputs(model, surfaces, normalization, rng)
+        with torch.no_grad():
+            latents = model.encode(points.to(device), labels.to(device))  # (1, M, D)
+    truncation = state["train_config"].get("truncation")
+    with clock.stage("refine"):
+        refinement = None
+        if settings.refine_steps > 0:
+            latents, refinement = refine_latents(
+                model,
+                latents,
+                volume,
+                surfaces,
+                normalization,
+                settings.refine_steps,
+                truncation,
+                rng,
+            )
+    with clock.stage("decode"):
+        grid = _decode(model, latents, surfaces, normalization, settings, truncation)
+    present = set(surfaces)
+    with clock.stage("meshes"):
+        meshes = {c: m for c, m in class_meshes(grid, normalization).items() if c in present}
+    with clock.stage("labels"):
+        classes = label_volume(grid, normalization, volume)
+        classes[~np.isin(classes, list(present))] = 0
+    with clock.stage("write"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_meshes(meshes, label_table, out_dir)
+        write_label_volume(classes, volume.affine, label_table, out_dir / "reconstruction.nii.gz")
+        np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
+        render_preview(volume, classes, meshes, out_dir / "preview.png")
+    with clock.stage("report"):
+        class_metrics = _class_metrics(volume, classes, surfaces, meshes)
+        report: dict[str, Any] = {
+            "input": str(source),
+            "label_table": label_table.name,
+            "classes": class_metrics,
+            "grid": {
+                "resolution": settings.resolution,
+                "evaluated_points": grid.evaluated,
+                "low": grid.low.tolist(),
+                "high": grid.high.tolist(),
+            },
+            "normalization": {
+                "center_mm": normalization.center.tolist(),
+                "scale_mm": normalization.scale,
+            },
+            "model": {
+                "preset": state.get("preset"),
+                "epoch": state.get("epoch"),
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": file_sha256(Path(checkpoint)),
+            },
+            "device": str(device),
+            "refinement": refinement,
+        }
+        report["summary"] = _summary(class_metrics)
+    report["timings"] = {**clock.timings, "total_s": round(sum(clock.timings.values()), 3)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    if progress is not None:
+        progress("done", 1.0)
+    return report
+
+
+def _check_classes(state: dict[str, Any], volume: LabelVolume, checkpoint: Path) -> None:
+    names = state["class_names"]
+    present = np.flatnonzero(volume.class_present()) + 1
+    wanted = [volume.label_table.class_name(int(c)) for c in present]
+    missing = [n for n in wanted if n not in names]
+    if missing or list(names) != list(volume.label_table.class_names):
+        raise InputError(
+            checkpoint,
+            f"checkpoint classes {names} do not fit the volume's classes {wanted} "
+            f"(label table '{volume.label_table.name}')",
+        )
+
+
+def _normalization(state: dict[str, Any], surfaces: dict[int, Surface]) -> Normalization:
+    """The frame of the checkpoint's training data (checkpoints before it was recorded used the
+    default fixed scale)."""
+    recorded = state.get("normalization", {"scale_mm": DEFAULT_SCALE_MM})
+    scale = recorded["scale_mm"]
+    return fitted_normalization(surfaces) if scale is None else fixed_normalization(surfaces, scale)
+
+
+def _encoder_inputs(
+    model: VecSetAutoencoder,
+    surfaces: dict[int, Surface],
+    normalization: Normalization,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    count = model.config.num_inputs
+    world, labels, _ = sample_surfaces(surfaces, 8 * count, rng)
+    points, labels = balanced_surface_subsample(
+        normalization.to_normalized(world), labels, count, rng
+    )
+    return torch.from_numpy(points)[None], torch.from_numpy(labels)[None]
+
+
+def _decode(
+    model: VecSetAutoencoder,
+    latents: torch.Tensor,
+    surfaces: dict[int, Surface],
+    normalization: Normalization,
+    settings: ReconstructSettings,
+    truncation: float | None,
+) -> SdfGrid:
+    corners = [normalization.to_normalized(s.vertices) for s in surfaces.values()]
+    low = np.min([c.min(axis=0) for c in corners], axis=0)
+    high = np.max([c.max(axis=0) for c in corners], axis=0)
+    centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
+    with torch.no_grad():
+        context = model.process(latents)
+
+        def sdf_at(points: np.ndarray) -> np.ndarray:
+            queries = torch.from_numpy(points.astype(np.float32))[None].to(context.device)
+            return model.decode(context, queries)[0].float().cpu().numpy()
+
+        return decode_grid(
+            sdf_at,
+            centre - half,
+            centre + half,
+            settings.resolution,
+            units_per_distance=1 / truncation if truncation else 1.0,
+            chunk=32_768,
+        )
+
+
+def _class_metrics(
+    volume: LabelVolume,
+    classes: np.ndarray,
+    surfaces: dict[int, Surface],
+    meshes: dict[int, Surface],
+) -> dict[str, dict[str, float | None]]:
+    metrics: dict[str, dict[str, float | None]] = {}
+    for class_index, surface in surfaces.items():
+        name = volume.label_table.class_name(class_index)
+        row: dict[str, float | None] = dict(overlap(volume.classes, classes, class_index))
+        if class_index in meshes:
+            row.update(surface_distances(surface, meshes[class_index]))
+        else:
+            row.update(chamfer_mm=None, hd95_mm=None)
+        metrics[name] = row
+    return metrics
+
+
+LARGE_CLASSES = (
+    "left_ventricle",
+    "lv_myocardium",
+    "right_ventricle",
+    "left_atrium",
+    "right_atrium",
+    "aorta",
+    "pulmonary_artery",
+)
+
+
+def _summary(classes: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    def mean(names: list[str], key: str) -> float | None:
+        values = [classes[n][key] for n in names if classes[n][key] is not None]
+        return float(np.mean(values)) if values else None  # type: ignore[arg-type]
+
+    every = list(classes)
+    large = [n for n in every if n in LARGE_CLASSES]
+    return {
+        "mean_dice": mean(every, "dice"),
+        "mean_dice_large": mean(large, "dice"),
+        "mean_iou": mean(every, "iou"),
+        "mean_chamfer_mm": mean(every, "chamfer_mm"),
+        "mean_hd95_mm": mean(every, "hd95_mm"),
+        "max_hd95_mm": max(
+            (v["hd95_mm"] for v in classes.values() if v["hd95_mm"] is not None), default=None
+        ),
+    }
