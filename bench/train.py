@@ -4,7 +4,8 @@ Each configuration runs in a fresh process (so peak memory is its own): a few wa
 then timed steps of forward + backward + AdamW on synthetic batches of the training shapes
 (data loading excluded). The eikonal term is on. For comparison, the same step with the
 eikonal gradient taken by autograd (double backward, one per class channel) instead of the
-finite differences heartvec uses.
+finite differences heartvec uses (`autograd`), and `base` without activation checkpointing
+(`fd-no-ckpt`).
 
 Usage: .venv/bin/python bench/train.py [--quick]
 """
@@ -24,6 +25,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
@@ -32,9 +34,10 @@ from heartvec_trainer.losses import sdf_target, training_loss
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_RUNS = [("tiny", 1, "fd"), ("tiny", 4, "fd"), ("tiny", 4, "autograd"), ("small", 1, "fd"),
-            ("small", 2, "fd"), ("small", 2, "autograd"), ("base", 1, "fd")]  # fmt: skip
+            ("small", 2, "fd"), ("small", 2, "autograd"), ("base", 1, "fd"),
+            ("base", 1, "fd-no-ckpt")]  # fmt: skip
 GPU_RUNS = [("small", 16, "fd"), ("small", 64, "fd"), ("base", 16, "fd"), ("base", 32, "fd"),
-            ("base", 64, "fd"), ("base", 2, "autograd")]  # fmt: skip
+            ("base", 64, "fd"), ("base", 8, "fd-no-ckpt"), ("base", 2, "autograd")]  # fmt: skip
 
 
 def synthetic_batch(preset: str, batch: int, config: TrainConfig, device: torch.device) -> dict:
@@ -60,7 +63,11 @@ def synthetic_batch(preset: str, batch: int, config: TrainConfig, device: torch.
 
 
 def autograd_eikonal_loss(model: torch.nn.Module, batch: dict, config: TrainConfig) -> torch.Tensor:
-    """The alternative heartvec does not use: eikonal by autograd, a double backward."""
+    """The alternative heartvec does not use: eikonal by autograd, a double backward.
+
+    The fused attention kernels have no double backward ("derivative for
+    aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented"), so this
+    runs attention on the unfused math kernel, as hand-written attention would."""
     loss, _, _ = training_loss(model, batch, replace(config, weight_eikonal=0.0))
     centres = batch["near_points"][:, : config.eikonal_points].clone().requires_grad_(True)
     predicted = model(batch["inputs"], batch["input_labels"], centres).float()
@@ -77,7 +84,10 @@ def autograd_eikonal_loss(model: torch.nn.Module, batch: dict, config: TrainConf
 def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = VecSetAutoencoder(MODEL_PRESETS[preset]).to(device)
+    model_config = MODEL_PRESETS[preset]
+    if mode == "fd-no-ckpt":  # the same step without activation checkpointing
+        model_config = replace(model_config, activation_checkpointing=False)
+    model = VecSetAutoencoder(model_config).to(device)
     config = TRAIN_PRESETS[preset]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = synthetic_batch(preset, batch_size, config, device)
@@ -85,10 +95,11 @@ def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            if mode == "fd":
+            if mode.startswith("fd"):
                 loss, _, _ = training_loss(model, batch, config)
             else:
-                loss = autograd_eikonal_loss(model, batch, config)
+                with sdpa_kernel(SDPBackend.MATH):
+                    loss = autograd_eikonal_loss(model, batch, config)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -73,3 +73,21 @@ def test_eikonal_is_zero_for_a_true_distance_field() -> None:
     sdf = centres[..., :1].expand(-1, -1, 10) * 0  # all inside the band
     assert float(_eikonal(prediction, sdf, config)) < 1e-6
     assert float(_eikonal(2 * prediction, sdf, config)) > 0.9
+
+
+def test_activation_checkpointing_changes_nothing_but_memory() -> None:
+    from dataclasses import replace
+
+    config = MODEL_PRESETS["tiny"]
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = VecSetAutoencoder(replace(config, activation_checkpointing=checkpointing))
+        points = torch.rand(2, config.num_inputs, 3, generator=torch.Generator().manual_seed(1))
+        labels = torch.randint(1, 11, (2, config.num_inputs), generator=torch.Generator())
+        output = model(points, labels, points[:, :100])
+        output.square().sum().backward()
+        results.append((output.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for plain, recomputed in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(plain, recomputed)

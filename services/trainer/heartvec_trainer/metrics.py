@@ -38,14 +38,16 @@ def evaluate_model(
     reports); `iou_near` the IoU on near-surface points, a much harsher measure of
     sub-millimetre surface placement; `iou` pools both. A class counts in the shapes where it is
     present. `mean_iou` (which picks the best checkpoint) averages `iou_vol` over the classes
-    present in the split; `mean_iou_near` averages `iou_near`. `loss` is the weighted sum of the
-    L1 terms (no eikonal term).
+    present in the split; `mean_iou_near` averages `iou_near`; `heart_iou` is the volumetric IoU
+    of the whole heart (inside any class), the single-shape measure of 3DShape2VecSet. `loss` is
+    the weighted sum of the L1 terms (no eikonal term).
     """
     model.eval()
     classes = len(CLASS_NAMES)
     intersection = {kind: torch.zeros(classes) for kind in ("vol", "near")}
     union = {kind: torch.zeros(classes) for kind in ("vol", "near")}
     totals = {"vol": 0.0, "near": 0.0, "surface": 0.0}
+    heart_both = heart_either = 0
     shapes = 0
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -61,6 +63,10 @@ def evaluate_model(
                 predicted_inside = (predicted < 0) & present
                 intersection[kind] += (true_inside & predicted_inside).sum(dim=(0, 1)).cpu()
                 union[kind] += (true_inside | predicted_inside).sum(dim=(0, 1)).cpu()
+                if kind == "vol":  # the whole heart: inside any class
+                    true_heart, predicted_heart = true_inside.any(-1), predicted_inside.any(-1)
+                    heart_both += int((true_heart & predicted_heart).sum())
+                    heart_either += int((true_heart | predicted_heart).sum())
                 error = (predicted - sdf_target(sdf, config.truncation)).abs().mean(dim=(1, 2))
                 totals[kind] += float(error.sum())
             on_surface = predict_sdf(model, context, batch["surface_points"])
@@ -89,6 +95,7 @@ def evaluate_model(
     return {
         "mean_iou": sum(volume_ious) / len(volume_ious) if volume_ious else 0.0,
         "mean_iou_near": sum(near_ious) / len(near_ious) if near_ious else 0.0,
+        "heart_iou": heart_both / max(heart_either, 1),
         "per_class": per_class,
         "loss": loss,
         **terms,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from heartvec.model.config import ModelConfig
 from heartvec.model.layers import Block, FourierEmbedding
@@ -54,7 +55,10 @@ class VecSetAutoencoder(nn.Module):
         """Latent set (B, M, D) -> context for the decoder (B, M, W); once per shape."""
         x = self.from_latent(latents)
         for block in self.processor:
-            x = block(x)
+            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return x
 
     def decode(self, context: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
