@@ -76,7 +76,12 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(),
     # VecSetX scale
     "base": ModelConfig(
-        width=1024, depth=24, heads=16, num_latents=1024, latent_dim=64, num_inputs=8192,
+        width=1024,
+        depth=24,
+        heads=16,
+        num_latents=1024,
+        latent_dim=64,
+        num_inputs=8192,
         activation_checkpointing=True,
     ),
 }

@@ -1,0 +1,129 @@
+"""`heartvec reconstruct` end to end with a tiny checkpoint trained here on one phantom."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from heartvec.labels import load_label_table
+from heartvec.model.checkpoint import load_checkpoint
+from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
+
+CLI = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(phantom, checkpoint): tiny trained for 400 steps on that phantom alone."""
+    from heartvec.cli import main
+
+    root = tmp_path_factory.mktemp("reconstruct")
+    assert main(["phantom", str(root), "--count", "1", "--seed", "3", "--size", "96",
+                 "--spacing", "2.2"]) == 0  # fmt: skip
+    phantom = root / "phantom_s0003.nii.gz"
+    points = ["--surface-points", "20000", "--vol-points", "20000", "--near-points", "20000"]
+    assert main(["prepare", str(phantom), "--out", str(root / "data"), *points]) == 0
+    (root / "data" / "train.csv").write_text("file\n" + "phantom_s0003.npz\n" * 16)
+    (root / "data" / "val.csv").write_text("file\nphantom_s0003.npz\n")
+    config = root / "config.yaml"
+    config.write_text("preset: tiny\ntrain: {learning_rate: 3.0e-3, workers: 0, val_every: 0}\n")
+    run = root / "run"
+    assert main(["train", "--data", str(root / "data"), "--out", str(run), "--config", str(config),
+                 "--epochs", "50"]) == 0  # fmt: skip
+    return phantom, run / "checkpoint-last.pt"
+
+
+def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    phantom, checkpoint = trained
+    out = tmp_path / "out"
+    stages = []
+    report = reconstruct(
+        phantom, out, load_label_table("default"), checkpoint,
+        ReconstructSettings(resolution=64), progress=lambda stage, _: stages.append(stage),
+    )  # fmt: skip
+    assert stages[0] == "load" and stages[-1] == "done"
+    for name in ("heart.glb", "reconstruction.nii.gz", "latent.npy", "report.json", "preview.png"):
+        assert (out / name).stat().st_size > 0, name
+    source, result = nib.load(phantom), nib.load(out / "reconstruction.nii.gz")
+    assert result.shape == source.shape
+    np.testing.assert_allclose(result.affine, source.affine)
+    assert set(np.unique(np.asarray(result.dataobj))) <= set(range(11))
+    state = load_checkpoint(checkpoint)
+    latent = np.load(out / "latent.npy")
+    config = state["model_config"]
+    assert latent.shape == (config["num_latents"], config["latent_dim"])
+    meshes = sorted(p.name for p in (out / "meshes").glob("*.ply"))
+    assert "01_left_ventricle.ply" in meshes and "06_aorta.ply" in meshes
+    scene = trimesh.load(out / "heart.glb")
+    assert len(scene.geometry) == len(meshes)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["classes"]["left_ventricle"]["dice"] > 0.8
+    assert saved["summary"]["mean_dice_large"] > 0.6
+    assert set(saved["timings"]) >= {"load_s", "encode_s", "decode_s", "meshes_s", "total_s"}
+    assert saved["model"]["preset"] == "tiny" and len(saved["model"]["checkpoint_sha256"]) == 64
+    assert report["summary"] == saved["summary"]
+    # meshes are in world millimetres on the input: the LV mesh sits on the input's LV
+    lv = trimesh.load(out / "meshes" / "01_left_ventricle.ply")
+    labels = np.asarray(source.dataobj)
+    lv_voxels = np.argwhere(labels == 1)
+    lv_centre = nib.affines.apply_affine(source.affine, lv_voxels.mean(axis=0))
+    assert np.linalg.norm(lv.vertices.mean(axis=0) - lv_centre) < 6.0
+
+
+def test_flipped_input_reconstructs_on_its_own_grid(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    phantom, checkpoint = trained
+    image = nib.load(phantom)
+    flipped_labels = np.flip(np.asarray(image.dataobj), axis=1).copy()
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    flip[1, 3] = image.shape[1] - 1
+    flipped = tmp_path / "flipped.nii.gz"
+    nib.save(nib.Nifti1Image(flipped_labels, image.affine @ flip), flipped)
+    report = reconstruct(flipped, tmp_path / "out", load_label_table("default"), checkpoint,
+                         ReconstructSettings(resolution=64))  # fmt: skip
+    assert report["classes"]["left_ventricle"]["dice"] > 0.8  # same anatomy in the world
+
+
+def test_checkpoint_classes_must_fit_the_table(
+    trained: tuple[Path, Path], tmp_path: Path, run_cli: CLI
+) -> None:
+    phantom, checkpoint = trained
+    state = torch.load(checkpoint, weights_only=True)
+    state["class_names"] = ["spleen", *state["class_names"][1:]]
+    foreign = tmp_path / "foreign.pt"
+    torch.save(state, foreign)
+    status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "out",
+                             "--checkpoint", foreign)  # fmt: skip
+    assert status == 2
+    assert "checkpoint classes ['spleen'" in err and "do not fit the volume's classes" in err
+
+
+def test_bad_input_and_missing_checkpoint(trained: tuple[Path, Path], tmp_path: Path,
+                                          run_cli: CLI) -> None:  # fmt: skip
+    phantom, checkpoint = trained
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("hello")
+    status, _, err = run_cli(
+        "reconstruct", text, "--out", tmp_path / "a", "--checkpoint", checkpoint
+    )
+    assert status == 2 and f"heartvec: error: {text}: not a readable NIfTI" in err
+    status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "b",
+                             "--checkpoint", tmp_path / "none.pt")  # fmt: skip
+    assert status == 2 and "no such checkpoint file" in err
+
+
+def test_refinement_reports_before_and_after(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    phantom, checkpoint = trained
+    report = reconstruct(phantom, tmp_path / "out", load_label_table("default"), checkpoint,
+                         ReconstructSettings(resolution=48, refine_steps=5))  # fmt: skip
+    refinement = report["refinement"]
+    assert refinement["steps"] == 5 and refinement["loss_last"] < refinement["loss_first"]
+    assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
