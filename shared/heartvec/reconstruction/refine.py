@@ -115,7 +115,7 @@ def refine_latents(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     latents = latents.detach()
     after = held_out_iou(latents)
     return latents, {
