@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from heartvec.errors import HeartvecError, InputError, StorageError
 from heartvec.labels import load_label_table
+from heartvec.resources import peak_memory_mb
 from heartvec.samples import SampleSettings, prepare_sample
 from heartvec.volume import MAX_VOXELS, load_label_volume
 from heartvec_trainer.quality import plot_sample, sample_quality, summarize, write_json_atomic
@@ -122,21 +122,6 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def peak_memory_mb() -> int:
-    """Peak resident memory of this process in MB.
-
-    /proc's VmHWM starts afresh at exec; ru_maxrss does not (a child of a large parent
-    would report the parent's peak), so it is only the fallback off Linux.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def prepare_one(job: PrepareJob) -> dict[str, Any]:

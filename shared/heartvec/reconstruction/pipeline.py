@@ -35,6 +35,7 @@ from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlap, surface_distances
 from heartvec.reconstruction.refine import refine_latents
 from heartvec.reconstruction.render import render_preview
+from heartvec.resources import peak_memory_mb
 from heartvec.samples import sample_surfaces
 from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
@@ -164,6 +165,7 @@ def reconstruct(
         }
         report["summary"] = _summary(class_metrics)
     report["timings"] = {**clock.timings, "total_s": round(sum(clock.timings.values()), 3)}
+    report["peak_memory_mb"] = peak_memory_mb()
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     if progress is not None:
         progress("done", 1.0)
