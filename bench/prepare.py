@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import trimesh
+from benchmarks_md import write_section
 
 from heartvec.labels import load_label_table
 from heartvec.normalization import fixed_normalization
@@ -39,7 +40,6 @@ from heartvec.volume import load_label_volume
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"
 HEARTVEC = str(Path(sys.executable).parent / "heartvec")
-MARKER_START, MARKER_END = "<!-- bench/prepare.py:start -->", "<!-- bench/prepare.py:end -->"
 
 
 def write_phantom(folder: Path, seed: int) -> Path:
@@ -176,7 +176,6 @@ def update_benchmarks(results: dict[str, Any]) -> None:
     median = results["phantom"]["median"]
     baseline = results["baseline"]
     lines = [
-        MARKER_START,
         f"Measured {results['date']} on {results['machine']} by `bench/prepare.py`.",
         "",
         "| what | measured | target |",
@@ -207,16 +206,8 @@ def update_benchmarks(results: dict[str, Any]) -> None:
             f"| 4 phantoms 256^3, `--workers {workers}` | {figures['wall_s']:.1f} s, "
             f"{figures['volumes_per_min']:.2f} volumes/min | grows with workers |"
         )
-    lines += ["", "![prepare benchmark](bench/results/prepare.png)", MARKER_END]
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "\n".join(lines)
-    if MARKER_START in text:
-        before, rest = text.split(MARKER_START, 1)
-        text = before + section + rest.split(MARKER_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Preparation (`heartvec prepare`)\n\n" + section + "\n"
-    path.write_text(text)
+    lines += ["", "![prepare benchmark](bench/results/prepare.png)"]
+    write_section("bench/prepare.py", "Preparation (`heartvec prepare`)", lines)
 
 
 if __name__ == "__main__":

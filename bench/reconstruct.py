@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import torch
+from benchmarks_md import write_section
 
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
 from heartvec.phantom import make_phantom
@@ -40,7 +41,6 @@ from heartvec.settings import default_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"
 HEARTVEC = str(Path(sys.executable).parent / "heartvec")
-START, END = "<!-- bench/reconstruct.py:start -->", "<!-- bench/reconstruct.py:end -->"
 
 
 def run_reconstruct(source: Path, out: Path, *extra: str) -> dict[str, Any]:
@@ -183,7 +183,6 @@ def update_benchmarks(results: dict[str, Any]) -> None:
     memory = max(r["peak_memory_mb"] for r in reports)
     band = results["dense_vs_band"]
     lines = [
-        START,
         f"Measured {results['date']} on {results['machine']} by "
         f"`bench/reconstruct.py`, checkpoint `{results['checkpoint']}`.",
         "",
@@ -213,16 +212,8 @@ def update_benchmarks(results: dict[str, Any]) -> None:
             f"| real heart, refinement {steps} | mean Dice {s['mean_dice']:.3f}, large "
             f"{s['mean_dice_large']:.3f}, HD95 {s['mean_hd95_mm']:.2f} mm | |"
         )
-    lines += ["", "![reconstruction benchmark](bench/results/reconstruct.png)", END]
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    section = "\n".join(lines)
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Reconstruction (`heartvec reconstruct`)\n\n" + section + "\n"
-    path.write_text(text)
+    lines += ["", "![reconstruction benchmark](bench/results/reconstruct.png)"]
+    write_section("bench/reconstruct.py", "Reconstruction (`heartvec reconstruct`)", lines)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
+from benchmarks_md import write_section
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from heartvec.model.config import MODEL_PRESETS
@@ -196,10 +197,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def update_benchmarks(summary: dict[str, Any], name: str) -> None:
-    start, end = f"<!-- bench/train.py:{name}:start -->", f"<!-- bench/train.py:{name}:end -->"
-    lines = [start, f"Measured {summary['date']} on {summary['machine']} by `bench/train.py`.", "",
-             "| preset | batch | eikonal | shapes/s | s/step | peak memory | parameters |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Measured {summary['date']} on {summary['machine']} by `bench/train.py`.",
+        "",
+        "| preset | batch | eikonal | shapes/s | s/step | peak memory | parameters |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary["runs"]:
         if "error" in r:
             lines.append(
@@ -211,17 +214,9 @@ def update_benchmarks(summary: dict[str, Any], name: str) -> None:
             f"{r['seconds_per_step']:.3f} | {r['peak_memory_mb']:,} MB | "
             f"{r['parameters_m']:.1f} M |"
         )
-    lines += ["", f"![training benchmark](bench/results/{name}.png)", end]
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text()
-    section = "\n".join(lines)
-    if start in text:
-        before, rest = text.split(start, 1)
-        text = before + section + rest.split(end, 1)[1]
-    else:
-        heading = "GPU" if name.endswith("gpu") else "CPU"
-        text = text.rstrip() + f"\n\n## Training throughput ({heading})\n\n" + section + "\n"
-    path.write_text(text)
+    lines += ["", f"![training benchmark](bench/results/{name}.png)"]
+    heading = "Training throughput (GPU)" if name.endswith("gpu") else "Training throughput (CPU)"
+    write_section(f"bench/train.py:{name}", heading, lines)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 """Class names in class-index order: class i (1-based) is CLASS_NAMES[i - 1]."""
 
+LARGE_CLASSES: tuple[str, ...] = CLASS_NAMES[:7]
+"""The chambers, the myocardium and the two great arteries (the others are thin veins)."""
+
 # MM-WHS structures; `mmwhs` numbers them 1..7 in this order, `mmwhs-raw` uses the raw codes.
 _MMWHS_ORDER = (
     "lv_myocardium",

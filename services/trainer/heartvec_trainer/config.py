@@ -114,6 +114,6 @@ def load_config(name_or_yaml: str) -> tuple[str, ModelConfig, TrainConfig]:
         raise InputError(
             path, f"unknown preset {preset!r}: expected one of {sorted(MODEL_PRESETS)}"
         )
-    model = MODEL_PRESETS[preset].updated(raw.get("model") or {}, str(path))
+    model = _updated(MODEL_PRESETS[preset], raw.get("model") or {}, str(path), "model")
     train = _updated(TRAIN_PRESETS[preset], raw.get("train") or {}, str(path), "train")
     return preset, model, train

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from heartvec.errors import InputError
@@ -59,14 +59,6 @@ class ModelConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def updated(self, overrides: dict[str, Any], source: str) -> ModelConfig:
-        """A copy with `overrides` applied; unknown keys are an error naming `source`."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(source, f"unknown model settings {unknown}; known: {sorted(known)}")
-        return replace(self, **overrides)
 
 
 MODEL_PRESETS: dict[str, ModelConfig] = {

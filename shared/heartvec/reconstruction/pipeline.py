@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from heartvec.errors import InputError
-from heartvec.labels import LabelTable
+from heartvec.labels import LARGE_CLASSES, LabelTable
 from heartvec.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from heartvec.model.sampling import balanced_surface_subsample
 from heartvec.model.vecset import VecSetAutoencoder
@@ -252,17 +252,6 @@ def _class_metrics(
             row.update(chamfer_mm=None, hd95_mm=None)
         metrics[name] = row
     return metrics
-
-
-LARGE_CLASSES = (
-    "left_ventricle",
-    "lv_myocardium",
-    "right_ventricle",
-    "left_atrium",
-    "right_atrium",
-    "aorta",
-    "pulmonary_artery",
-)
 
 
 def _summary(classes: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
