@@ -127,3 +127,20 @@ def test_refinement_reports_before_and_after(trained: tuple[Path, Path], tmp_pat
     refinement = report["refinement"]
     assert refinement["steps"] == 5 and refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
+
+
+def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
+    trained: tuple[Path, Path], tmp_path: Path, run_cli: CLI
+) -> None:
+    phantom, checkpoint = trained
+    exported = tmp_path / "exported.pt"
+    assert run_cli("export-checkpoint", checkpoint, exported)[0] == 0
+    assert exported.stat().st_size < 0.4 * checkpoint.stat().st_size
+    state = load_checkpoint(exported)
+    assert "optimizer" not in state and state["model_config"]["width"] == 64
+    table = load_label_table("default")
+    settings = ReconstructSettings(resolution=48)
+    full = reconstruct(phantom, tmp_path / "full", table, checkpoint, settings)
+    half = reconstruct(phantom, tmp_path / "half", table, exported, settings)
+    for name, row in full["classes"].items():
+        assert abs(row["dice"] - half["classes"][name]["dice"]) < 0.02, name

@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "split": ("heartvec_trainer.split", "write train.csv / val.csv for a prepared folder"),
     "train": ("heartvec_trainer.train", "train the VecSet autoencoder (alone or under torchrun)"),
     "evaluate": ("heartvec_trainer.evaluate", "metrics JSON of a checkpoint on a split"),
+    "export-checkpoint": (
+        "heartvec_trainer.export",
+        "a weights-only float16 checkpoint for shipping",
+    ),
     "reconstruct": ("heartvec.cli.reconstruct", "label volume -> labelled meshes and a report"),
 }
 

@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def model_from_checkpoint(payload: dict[str, Any]) -> VecSetAutoencoder:
     """Rebuild the model a checkpoint describes and load its weights."""
     model = VecSetAutoencoder(ModelConfig(**payload["model_config"]))
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(payload["model"])  # float16 weights of an export become float32
     return model
 
 
