@@ -248,3 +248,19 @@ def test_augmentation_is_a_similarity_that_scales_the_sdf(dataset: Path) -> None
     torch.testing.assert_close(after, before * scale, rtol=1e-4, atol=1e-5)  # rigid + scale
     torch.testing.assert_close(moved["near_sdf"], plain["near_sdf"] * scale, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(moved["vol_sdf"], plain["vol_sdf"] * scale, rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    epochs = ["--epochs", "3", "--val-every", "0"]
+    assert run_cli("train", "--data", dataset, "--out", first, *FAST, *epochs)[0] == 0
+    exported = tmp_path / "exported.pt"
+    assert run_cli("export-checkpoint", first / "checkpoint-last.pt", exported)[0] == 0
+    assert run_cli("train", "--data", dataset, "--out", second, *FAST, "--epochs", "1",
+                   "--val-every", "0", "--init-from", exported)[0] == 0  # fmt: skip
+    scratch = json.loads((first / "history.json").read_text())[0]["train_loss"]
+    warm = json.loads((second / "history.json").read_text())[0]["train_loss"]
+    assert warm < scratch
+    status, _, err = run_cli("train", "--data", dataset, "--out", tmp_path / "x", "--config",
+                             "small", "--epochs", "1", "--init-from", exported)  # fmt: skip
+    assert status == 2 and "another model config" in err

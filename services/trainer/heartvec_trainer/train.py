@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from RUN_DIR/checkpoint-last.pt if present"
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from the weights of this checkpoint (e.g. an exported one); a fresh "
+        "optimizer and schedule, unlike --resume",
+    )
+    parser.add_argument(
         "--wandb", action="store_true", help="also log to Weights & Biases (needs WANDB_API_KEY)"
     )
     return parser
@@ -102,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime,
             args.resume,
             args.wandb,
+            args.init_from,
         )
     finally:
         distributed.stop(runtime)
@@ -134,6 +141,7 @@ def train(
     runtime: distributed.Runtime,
     resume: bool = False,
     use_wandb: bool = False,
+    init_from: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train and return the per-epoch history (validation metrics included)."""
     device = runtime.device
@@ -189,8 +197,14 @@ def train(
         _restore_rng(state["rng"])
         if runtime.is_main:
             print(f"resuming {last_path} after epoch {start_epoch}, step {step}", file=sys.stderr)
-    elif resume and runtime.is_main:
-        print(f"no {last_path}: starting a new run", file=sys.stderr)
+    else:
+        if resume and runtime.is_main:
+            print(f"no {last_path}: starting a new run", file=sys.stderr)
+        if init_from is not None:
+            initial = load_checkpoint(init_from, map_location=device)
+            if initial["model_config"] != model_config.as_dict():
+                raise InputError(init_from, "has another model config than --config asks for")
+            model.load_state_dict(initial["model"])
 
     trained = DistributedDataParallel(model) if runtime.distributed else model
     precision = autocast_dtype(config, device)
