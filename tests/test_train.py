@@ -142,6 +142,9 @@ def test_torchrun_two_processes(dataset: Path, tmp_path: Path) -> None:
     assert state["epoch"] == 2
     # 8 training items over 2 ranks at batch 2: 2 steps per epoch
     assert state["step"] == 4
+    # validation ran on both ranks (one holds the only val shape) and was summed
+    validation = json.loads((run / "history.json").read_text())[-1]["val"]
+    assert validation["shapes"] == 1 and 0 <= validation["mean_iou"] <= 1
 
 
 def test_truncated_checkpoint_is_refused(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:

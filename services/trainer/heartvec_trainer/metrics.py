@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ def evaluate_model(
     config: TrainConfig,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Sign IoU per class and mean L1 terms over every shape and point of `loader`.
 
@@ -41,6 +43,9 @@ def evaluate_model(
     present in the split; `mean_iou_near` averages `iou_near`; `heart_iou` is the volumetric IoU
     of the whole heart (inside any class), the single-shape measure of 3DShape2VecSet. `loss` is
     the weighted sum of the L1 terms (no eikonal term).
+
+    Under DDP each rank evaluates its own shapes and `reduce` (an all-reduce sum) combines the
+    counts, so every rank returns the metrics of the whole split.
     """
     model.eval()
     classes = len(CLASS_NAMES)
@@ -74,6 +79,18 @@ def evaluate_model(
             totals["surface"] += float(own.abs().mean(dim=(1, 2)).sum())
         shapes += len(batch["inputs"])
     model.train()
+    if reduce is not None:
+        scalars = [totals["vol"], totals["near"], totals["surface"], heart_both, heart_either,
+                   shapes]  # fmt: skip
+        packed = torch.cat([intersection["vol"], intersection["near"], union["vol"],
+                            union["near"], torch.tensor(scalars)]).to(device)  # fmt: skip
+        packed = reduce(packed.double()).cpu()
+        parts = packed.split([classes] * 4 + [6])
+        intersection = {"vol": parts[0], "near": parts[1]}
+        union = {"vol": parts[2], "near": parts[3]}
+        scalars = parts[4].tolist()
+        totals = {"vol": scalars[0], "near": scalars[1], "surface": scalars[2]}
+        heart_both, heart_either, shapes = int(scalars[3]), int(scalars[4]), int(scalars[5])
     per_class: dict[str, dict[str, float]] = {}
     for index, name in enumerate(CLASS_NAMES):
         either = union["vol"][index] + union["near"][index]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -166,8 +166,9 @@ def train(
         pin_memory=device.type == "cuda",
         drop_last=len(sampler) >= config.batch_size,
     )
+    val_shapes = PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True)
     val_loader = DataLoader(
-        PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True),
+        Subset(val_shapes, range(runtime.rank, len(val_shapes), runtime.world_size)),
         batch_size=config.batch_size,
         num_workers=config.workers,
     )
@@ -256,8 +257,15 @@ def train(
         validate = config.val_every > 0 and (
             (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
         )
-        if validate and runtime.is_main:
-            record["val"] = evaluate_model(model, val_loader, config, device, precision)
+        if validate:  # every rank takes its share of the shapes; counts are summed
+            record["val"] = evaluate_model(
+                model,
+                val_loader,
+                config,
+                device,
+                precision,
+                reduce=_all_reduce_sum if runtime.distributed else None,
+            )
         history.append(record)
         if runtime.is_main:
             improved = "val" in record and record["val"]["mean_iou"] > best_iou
@@ -291,6 +299,11 @@ def train(
     if wandb_run is not None:
         wandb_run.finish()
     return history
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
