@@ -125,7 +125,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(dataset: Path, tmp_path: P
     mp.spawn(_rank_gradients, args=args, nprocs=2, join=True)
     distributed = torch.load(tmp_path / "grads.pt")
     for name, parameter in model.named_parameters():
-        torch.testing.assert_close(distributed[name], parameter.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(distributed[name], parameter.grad, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.slow
