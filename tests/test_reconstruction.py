@@ -60,7 +60,7 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     config = state["model_config"]
     assert latent.shape == (config["num_latents"], config["latent_dim"])
     meshes = sorted(p.name for p in (out / "meshes").glob("*.ply"))
-    assert "01_left_ventricle.ply" in meshes and "06_aorta.ply" in meshes
+    assert "1_left_ventricle.ply" in meshes and "6_aorta.ply" in meshes
     scene = trimesh.load(out / "heart.glb")
     assert len(scene.geometry) == len(meshes)
     saved = json.loads((out / "report.json").read_text())
@@ -70,7 +70,7 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     assert saved["model"]["preset"] == "tiny" and len(saved["model"]["checkpoint_sha256"]) == 64
     assert report["summary"] == saved["summary"]
     # meshes are in world millimetres on the input: the LV mesh sits on the input's LV
-    lv = trimesh.load(out / "meshes" / "01_left_ventricle.ply")
+    lv = trimesh.load(out / "meshes" / "1_left_ventricle.ply")
     labels = np.asarray(source.dataobj)
     lv_voxels = np.argwhere(labels == 1)
     lv_centre = nib.affines.apply_affine(source.affine, lv_voxels.mean(axis=0))

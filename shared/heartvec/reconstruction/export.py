@@ -33,7 +33,7 @@ def write_meshes(meshes: dict[int, Surface], table: LabelTable, out_dir: Path) -
     for class_index, surface in sorted(meshes.items()):
         name = table.class_name(class_index)
         mesh = _trimesh(surface, class_index)
-        paths[class_index] = mesh_dir / f"{class_index:02d}_{name}.ply"
+        paths[class_index] = mesh_dir / f"{class_index}_{name}.ply"
         mesh.export(paths[class_index])
         scene.add_geometry(mesh, node_name=name, geom_name=name)
     scene.export(out_dir / "heart.glb")
