@@ -74,11 +74,6 @@ class LabelTable:
                 return value
         raise KeyError(f"class {class_index} ({self.class_name(class_index)}) has no label value")
 
-    def lookup(self, max_value: int) -> tuple[list[int], list[int]]:
-        """Values and classes as two parallel lists, restricted to values <= max_value."""
-        items = sorted((v, c) for v, c in self.class_of_value.items() if v <= max_value)
-        return [v for v, _ in items], [c for _, c in items]
-
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready description: label value -> class name."""
         return {

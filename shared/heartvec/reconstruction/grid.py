@@ -38,10 +38,6 @@ class SdfGrid:
         """(3,) distance between neighbouring grid points, normalized units."""
         return (self.high - self.low) / (np.array(self.values.shape[:3]) - 1)
 
-    def points(self, index: np.ndarray) -> np.ndarray:
-        """(N, 3) integer grid indices -> (N, 3) normalized points."""
-        return np.asarray(self.low + index * self.spacing)
-
 
 def grid_points(low: np.ndarray, high: np.ndarray, counts: tuple[int, int, int]) -> np.ndarray:
     """(X*Y*Z, 3) points of a regular grid in C order."""

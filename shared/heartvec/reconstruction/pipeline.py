@@ -215,9 +215,7 @@ def _decode(
     settings: ReconstructSettings,
     truncation: float | None,
 ) -> SdfGrid:
-    corners = [normalization.to_normalized(s.vertices) for s in surfaces.values()]
-    low = np.min([c.min(axis=0) for c in corners], axis=0)
-    high = np.max([c.max(axis=0) for c in corners], axis=0)
+    low, high = normalization.bounds(surfaces)
     centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
     with torch.no_grad():
         context = model.process(latents)

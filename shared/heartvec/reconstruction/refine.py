@@ -80,8 +80,7 @@ def refine_latents(
     after, so the report shows what refinement bought.
     """
     started = time.perf_counter()
-    low = np.min([normalization.to_normalized(s.vertices).min(0) for s in surfaces.values()], 0)
-    high = np.max([normalization.to_normalized(s.vertices).max(0) for s in surfaces.values()], 0)
+    low, high = normalization.bounds(surfaces)
     numpy_data = _targets(volume, surfaces, normalization, low - 0.05, high + 0.05, rng)
     device = latents.device
     fit, held_out = {}, {}
