@@ -16,10 +16,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/heartvec phantom $(DEMO_DIR)/volumes --count 2 --seed 1000
-	$(BIN)/heartvec inspect $(DEMO_DIR)/volumes/phantom_s1000.nii.gz
+	$(BIN)/heartvec phantom $(DEMO_DIR)/volumes --count 2 --seed 9000
+	$(BIN)/heartvec inspect $(DEMO_DIR)/volumes/phantom_s9000.nii.gz
 	$(BIN)/heartvec prepare $(DEMO_DIR)/volumes --out $(DEMO_DIR)/prepared
 	$(BIN)/heartvec split $(DEMO_DIR)/prepared --val-fraction 0.5
+	$(BIN)/heartvec reconstruct $(DEMO_DIR)/volumes/phantom_s9000.nii.gz \
+		--out $(DEMO_DIR)/reconstruction
 	@echo
 	@echo "demo outputs:"
 	@echo "  label volumes     $(DEMO_DIR)/volumes/"
@@ -27,6 +29,12 @@ demo: $(VENV)/.installed
 	@echo "  quality report    $(DEMO_DIR)/prepared/quality.json"
 	@echo "  quality picture   $(DEMO_DIR)/prepared/quality.png"
 	@echo "  split             $(DEMO_DIR)/prepared/{train,val}.csv"
+	@echo "  reconstruction    $(DEMO_DIR)/reconstruction/ (bundled checkpoint, unseen phantom)"
+	@echo "    meshes          $(DEMO_DIR)/reconstruction/meshes/*.ply"
+	@echo "    whole heart     $(DEMO_DIR)/reconstruction/heart.glb"
+	@echo "    label volume    $(DEMO_DIR)/reconstruction/reconstruction.nii.gz"
+	@echo "    report          $(DEMO_DIR)/reconstruction/report.json (Dice, HD95, timings)"
+	@echo "    picture         $(DEMO_DIR)/reconstruction/preview.png"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

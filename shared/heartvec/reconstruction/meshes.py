@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import affine_transform
 from skimage.measure import marching_cubes
 
 from heartvec.normalization import Normalization
@@ -11,7 +11,8 @@ from heartvec.reconstruction.grid import SdfGrid
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
-_SLAB = 16  # input slices labelled at a time: bounds the memory of the interpolation
+
+_OUTSIDE = 1e6  # SDF value beyond the decoded grid: outside every class
 
 
 def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surface]:
@@ -21,12 +22,21 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
     """
     meshes = {}
     for channel in range(grid.values.shape[-1]):
-        values = grid.values[..., channel].astype(np.float32)
-        if values.min() >= 0:
+        inside = grid.values[..., channel] < 0
+        if not inside.any():
             continue
-        padded = np.pad(values, 1, constant_values=max(float(values.max()), 1.0))
+        # marching cubes on the box around this class only (one voxel wider on each side: the
+        # zero level lies between a negative point and its neighbours)
+        box = []
+        for axis in range(3):
+            hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+            box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
+        values = grid.values[(*box, channel)].astype(np.float32)
+        outside = max(float(grid.values[..., channel].max()), 1.0)
+        padded = np.pad(values, 1, constant_values=outside)
         vertices, faces, _, _ = marching_cubes(padded, level=0.0)
-        normalized = grid.low + (vertices - 1) * grid.spacing
+        origin = np.array([b.start for b in box])
+        normalized = grid.low + (vertices - 1 + origin) * grid.spacing
         surface = Surface(normalization.to_world(normalized), faces.astype(np.int32))
         if surface.enclosed_volume() < 0:
             surface.faces = np.ascontiguousarray(surface.faces[:, ::-1])
@@ -36,31 +46,51 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
 
 def label_volume(grid: SdfGrid, normalization: Normalization, volume: LabelVolume) -> np.ndarray:
     """Class index per voxel of the input grid: the class whose SDF is lowest where it is
-    negative, else background (0). uint8, the input's shape."""
-    shape = volume.shape
-    labels = np.zeros(shape, dtype=np.uint8)
-    ij = np.stack(np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij"), -1)
-    ij = ij.reshape(-1, 2).astype(np.float64)
-    for start in range(0, shape[2], _SLAB):
-        k = np.arange(start, min(start + _SLAB, shape[2]), dtype=np.float64)
-        voxels = np.concatenate(
-            [np.repeat(ij, len(k), axis=0), np.tile(k, len(ij))[:, None]], axis=1
-        )  # (X*Y*K, 3) in (i, j, k) order with k fastest
-        position = normalization.to_normalized(volume.world_from_voxel(voxels)) - grid.low
-        position /= grid.spacing  # fractional grid indices
-        inside = np.all((position >= 0) & (position <= np.array(grid.values.shape[:3]) - 1), 1)
-        if not inside.any():
-            continue
-        sdf = np.stack(
-            [
-                map_coordinates(grid.values[..., c].astype(np.float32), position[inside].T, order=1)
-                for c in range(grid.values.shape[-1])
-            ],
-            axis=1,
-        )  # (n, C)
-        best = sdf.argmin(axis=1)
-        found = np.where(sdf[np.arange(len(sdf)), best] < 0, best + 1, 0).astype(np.uint8)
-        slab = np.zeros(len(voxels), dtype=np.uint8)
-        slab[inside] = found
-        labels[:, :, start : start + len(k)] = slab.reshape(shape[0], shape[1], len(k))
+    negative, else background (0). uint8, the input's shape.
+
+    Input voxel -> grid index is one affine map, so each class is resampled by one trilinear
+    `affine_transform` over the input voxels the grid covers; voxels outside it stay 0.
+    """
+    shape = np.array(volume.shape)
+    unit = np.vstack([np.zeros(3), np.eye(3)])  # voxel (0,0,0) and the three unit steps
+
+    def grid_index(ijk: np.ndarray) -> np.ndarray:
+        normalized = normalization.to_normalized(volume.world_from_voxel(ijk))
+        return np.asarray((normalized - grid.low) / grid.spacing)
+
+    mapped = grid_index(unit)
+    offset, matrix = mapped[0], (mapped[1:] - mapped[0]).T  # grid = matrix @ ijk + offset
+    # the input voxels inside the grid: its 8 corners mapped back, a voxel of slack
+    size = np.array(grid.values.shape[:3]) - 1
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * size
+    voxels = np.linalg.solve(matrix, (corners - offset).T).T
+    start = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, shape)
+    stop = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, shape)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    if np.any(stop <= start):
+        return labels
+    block = tuple(int(n) for n in stop - start)
+    best = np.full(block, np.inf, dtype=np.float32)
+    best_class = np.zeros(block, dtype=np.uint8)
+    for c in range(grid.values.shape[-1]):
+        channel = grid.values[..., c]
+        if channel.min() >= 0:
+            continue  # no voxel of this class
+        # padded with 'outside' so the interpolation reads real values up to the grid's edge
+        padded = np.pad(channel.astype(np.float32), 1, constant_values=_OUTSIDE)
+        sdf = affine_transform(
+            padded,
+            matrix,
+            offset=matrix @ start + offset + 1,
+            output_shape=block,
+            order=1,
+            mode="constant",
+            cval=_OUTSIDE,
+            prefilter=False,
+        )
+        lower = sdf < best
+        best[lower] = sdf[lower]
+        best_class[lower] = c + 1
+    best_class[best >= 0] = 0
+    labels[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = best_class
     return labels

@@ -17,6 +17,7 @@ from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
 POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
+BATCH = {"surface": 1024, "queries": 2048}  # fit points per step, drawn afresh each step
 
 
 def _targets(
@@ -63,6 +64,18 @@ def _loss(
     return loss, predicted
 
 
+def _minibatch(fit: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A random subset of the fit points: a step costs a fraction of the full set's
+    forward and backward, and the changing draw covers all of it over the steps."""
+    drawn = {}
+    for kind, keys in (("surface", ("surface", "labels")), ("queries", ("queries", "sdf"))):
+        total = fit[keys[0]].shape[1]
+        index = torch.randperm(total, generator=generator)[: BATCH[kind]].to(fit[keys[0]].device)
+        for key in keys:
+            drawn[key] = fit[key][:, index]
+    return drawn
+
+
 def refine_latents(
     model: VecSetAutoencoder,
     latents: torch.Tensor,
@@ -72,7 +85,7 @@ def refine_latents(
     steps: int,
     truncation: float | None,
     rng: np.random.Generator,
-    learning_rate: float = 1e-2,
+    learning_rate: float = 3e-2,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adam on the latent set for `steps` steps; returns it and a record of the fit.
 
@@ -109,8 +122,9 @@ def refine_latents(
     latents = latents.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([latents], lr=learning_rate)
     losses = []
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     for _ in range(steps):
-        loss, _ = _loss(model, latents, fit, truncation)
+        loss, _ = _loss(model, latents, _minibatch(fit, generator), truncation)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
