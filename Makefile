@@ -20,8 +20,7 @@ demo: $(VENV)/.installed
 	$(BIN)/heartvec inspect $(DEMO_DIR)/volumes/phantom_s9000.nii.gz
 	$(BIN)/heartvec prepare $(DEMO_DIR)/volumes --out $(DEMO_DIR)/prepared
 	$(BIN)/heartvec split $(DEMO_DIR)/prepared --val-fraction 0.5
-	$(BIN)/heartvec reconstruct $(DEMO_DIR)/volumes/phantom_s9000.nii.gz \
-		--out $(DEMO_DIR)/reconstruction
+	$(BIN)/heartvec reconstruct $(DEMO_DIR)/volumes/phantom_s9000.nii.gz --out $(DEMO_DIR)/reconstruction
 	@echo
 	@echo "demo outputs:"
 	@echo "  label volumes     $(DEMO_DIR)/volumes/"

@@ -11,7 +11,6 @@ from heartvec.reconstruction.grid import SdfGrid
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
-
 _OUTSIDE = 1e6  # SDF value beyond the decoded grid: outside every class
 
 
@@ -27,11 +26,11 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
             continue
         # marching cubes on the box around this class only (one voxel wider on each side: the
         # zero level lies between a negative point and its neighbours)
-        box = []
+        box: list[slice] = []
         for axis in range(3):
             hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
             box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
-        values = grid.values[(*box, channel)].astype(np.float32)
+        values = grid.values[box[0], box[1], box[2], channel].astype(np.float32)
         outside = max(float(grid.values[..., channel].max()), 1.0)
         padded = np.pad(values, 1, constant_values=outside)
         vertices, faces, _, _ = marching_cubes(padded, level=0.0)

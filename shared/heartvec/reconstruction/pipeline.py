@@ -105,9 +105,9 @@ def reconstruct(
         state = load_checkpoint(checkpoint, map_location=device)
         _check_classes(state, volume, Path(checkpoint))
         model = model_from_checkpoint(state).to(device).eval()
-        normalization = _normalization(state, surfaces)
+        normalization = checkpoint_normalization(state, surfaces)
     with clock.stage("encode"):
-        points, labels = _encoder_inputs(model, surfaces, normalization, rng)
+        points, labels = encoder_inputs(model, surfaces, normalization, rng)
         with torch.no_grad():
             latents = model.encode(points.to(device), labels.to(device))  # (1, M, D)
     truncation = state["train_config"].get("truncation")
@@ -125,7 +125,9 @@ def reconstruct(
                 rng,
             )
     with clock.stage("decode"):
-        grid = _decode(model, latents, surfaces, normalization, settings, truncation)
+        grid = decode_latents(
+            model, latents, surfaces, normalization, settings.resolution, truncation
+        )
     present = set(surfaces)
     with clock.stage("meshes"):
         meshes = {c: m for c, m in class_meshes(grid, normalization).items() if c in present}
@@ -185,7 +187,7 @@ def _check_classes(state: dict[str, Any], volume: LabelVolume, checkpoint: Path)
         )
 
 
-def _normalization(state: dict[str, Any], surfaces: dict[int, Surface]) -> Normalization:
+def checkpoint_normalization(state: dict[str, Any], surfaces: dict[int, Surface]) -> Normalization:
     """The frame of the checkpoint's training data (checkpoints before it was recorded used the
     default fixed scale)."""
     recorded = state.get("normalization", {"scale_mm": DEFAULT_SCALE_MM})
@@ -193,12 +195,14 @@ def _normalization(state: dict[str, Any], surfaces: dict[int, Surface]) -> Norma
     return fitted_normalization(surfaces) if scale is None else fixed_normalization(surfaces, scale)
 
 
-def _encoder_inputs(
+def encoder_inputs(
     model: VecSetAutoencoder,
     surfaces: dict[int, Surface],
     normalization: Normalization,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's surface points (1, N, 3), normalized, and their classes (1, N),
+    drawn evenly per class as in training."""
     count = model.config.num_inputs
     world, labels, _ = sample_surfaces(surfaces, 8 * count, rng)
     points, labels = balanced_surface_subsample(
@@ -207,14 +211,17 @@ def _encoder_inputs(
     return torch.from_numpy(points)[None], torch.from_numpy(labels)[None]
 
 
-def _decode(
+def decode_latents(
     model: VecSetAutoencoder,
     latents: torch.Tensor,
     surfaces: dict[int, Surface],
     normalization: Normalization,
-    settings: ReconstructSettings,
+    resolution: int,
     truncation: float | None,
+    dense: bool = False,
 ) -> SdfGrid:
+    """The per-class SDF of a latent set on a resolution^3 cube around the input's surfaces
+    (band decoding; `dense` evaluates every grid point, the reference for benchmarks)."""
     low, high = normalization.bounds(surfaces)
     centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
     with torch.no_grad():
@@ -228,9 +235,10 @@ def _decode(
             sdf_at,
             centre - half,
             centre + half,
-            settings.resolution,
+            resolution,
             units_per_distance=1 / truncation if truncation else 1.0,
             chunk=32_768,
+            dense=dense,
         )
 
 
