@@ -53,6 +53,7 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/reconstruct.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--refine-steps",
         type=int,
         default=ReconstructSettings.refine_steps,
-        help="latent refinement steps fitting the input itself",
+        help="latent refinement steps fitting the input itself (default %(default)s; 0: the "
+        "encoder's latents as they are)",
     )
     return parser
 

@@ -57,7 +57,7 @@ class ReconstructSettings:
     """
 
     resolution: int = 256
-    refine_steps: int = 0
+    refine_steps: int = 40  # chosen by bench/reconstruct.py (BENCHMARKS.md)
     device: str = "cpu"
     seed: int = 0
 

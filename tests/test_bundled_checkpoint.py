@@ -1,0 +1,56 @@
+"""The checkpoint shipped in the package: what `heartvec reconstruct` uses without
+`--checkpoint`. Its quality floors sit below what bench/reconstruct.py measured (BENCHMARKS.md),
+so a retrained or broken checkpoint that is worse fails here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from heartvec.labels import CLASS_NAMES
+from heartvec.model.checkpoint import load_checkpoint
+from heartvec.settings import BUNDLED_CHECKPOINT
+
+CLI = Callable[..., tuple[int, str, str]]
+
+# floors: the measured values of BENCHMARKS.md minus a margin for other seeds and resolutions
+PHANTOM_MEAN_DICE_LARGE = 0.55  # measured 0.73 (two unseen phantoms, resolution 128)
+REAL_HEART_MEAN_DICE_LARGE = 0.15  # measured 0.28 (resolution 128, defaults)
+
+
+def test_bundled_checkpoint_is_small_and_complete() -> None:
+    assert BUNDLED_CHECKPOINT.is_file(), "the package ships heartvec-small.pt"
+    assert BUNDLED_CHECKPOINT.stat().st_size < 25 * 2**20
+    state = load_checkpoint(BUNDLED_CHECKPOINT)
+    assert state["preset"] == "small" and "optimizer" not in state
+    assert list(state["class_names"]) == list(CLASS_NAMES)
+    assert all(t.dtype == torch.float16 for t in state["model"].values() if t.is_floating_point())
+    assert state["train_config"]["truncation"] == pytest.approx(0.1)
+    assert state["normalization"]["scale_mm"] == pytest.approx(100.0)
+
+
+def test_unseen_phantom_with_the_defaults(small_phantom: Path, tmp_path: Path,
+                                          run_cli: CLI) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    status, stdout, err = run_cli("reconstruct", small_phantom, "--out", out, "--resolution", "128")
+    assert status == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["checkpoint"] == str(BUNDLED_CHECKPOINT)
+    assert report["model"]["preset"] == "small"
+    assert json.loads(stdout.strip().splitlines()[-1])["out"] == str(out)
+    assert report["summary"]["mean_dice_large"] >= PHANTOM_MEAN_DICE_LARGE
+    assert len(list((out / "meshes").glob("*.ply"))) == 10
+
+
+def test_real_heart(real_heart: Path, tmp_path: Path, run_cli: CLI) -> None:
+    out = tmp_path / "out"
+    status, _, err = run_cli("reconstruct", real_heart, "--out", out, "--labels", "mmwhs",
+                             "--resolution", "128")  # fmt: skip
+    assert status == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["classes"]) >= {"left_ventricle", "aorta", "pulmonary_artery"}
+    assert report["summary"]["mean_dice_large"] >= REAL_HEART_MEAN_DICE_LARGE
