@@ -98,7 +98,11 @@ def main() -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(
+            checkpoint.resolve().relative_to(REPO)
+            if checkpoint.resolve().is_relative_to(REPO)
+            else checkpoint
+        ),
         "seeds": args.seeds,
     }
     ckpt = ["--checkpoint", str(checkpoint)]
