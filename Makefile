@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,service]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -41,6 +41,7 @@ lint: $(VENV)/.installed
 	$(BIN)/hadolint docker/*.Dockerfile
 	$(BIN)/shellcheck .ci/run apptainer/*.sbatch
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	sed 's/!reset //' compose.cpu.yaml | $(BIN)/check-jsonschema --builtin-schema vendor.compose-spec --force-filetype yaml -
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

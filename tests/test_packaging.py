@@ -8,15 +8,21 @@ schema).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from importlib import import_module
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import REPO
 
 from heartvec.cli import SUBCOMMANDS
+from heartvec.settings import Settings
+
+DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 
 
 def parse_heartvec(argv: list[str]) -> None:
@@ -31,29 +37,207 @@ def test_ci_runs_make_test() -> None:
     assert "make test" in lines
 
 
-def test_dockerfile_copies_existing_paths() -> None:
-    for dockerfile in (REPO / "docker").glob("*.Dockerfile"):
-        for line in dockerfile.read_text().splitlines():
-            if line.startswith("COPY "):
-                *sources, _ = line.split()[1:]
-                for source in sources:
-                    assert (REPO / source).exists(), (dockerfile.name, source)
-        assert 'ENTRYPOINT ["heartvec"]' in dockerfile.read_text()
+def dockerfile_instructions(dockerfile: Path, instruction: str) -> list[str]:
+    """The arguments of every top-level `INSTRUCTION ...` line (not a HEALTHCHECK's CMD)."""
+    prefix = instruction + " "
+    lines = dockerfile.read_text().splitlines()
+    return [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
 
 
-def test_apptainer_definition_copies_existing_paths() -> None:
-    text = (REPO / "apptainer/trainer.def").read_text()
-    files = text.split("%files", 1)[1].split("%", 1)[0]
-    sources = [line.split()[0] for line in files.splitlines() if line.strip()]
-    assert sources and all((REPO / s).exists() for s in sources)
+def test_dockerfiles_copy_existing_paths() -> None:
+    assert DOCKERFILES
+    for dockerfile in DOCKERFILES:
+        for arguments in dockerfile_instructions(dockerfile, "COPY"):
+            *sources, _ = [word for word in arguments.split() if not word.startswith("--")]
+            for source in sources:
+                assert (REPO / source).exists(), (dockerfile.name, source)
+        assert dockerfile_instructions(dockerfile, "ENTRYPOINT") == ['["heartvec"]'], dockerfile
 
 
-def test_compose_command_parses() -> None:
-    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
-    for name, service in compose["services"].items():
+def test_dockerfiles_default_to_real_commands() -> None:
+    for dockerfile in DOCKERFILES:
+        (cmd,) = dockerfile_instructions(dockerfile, "CMD")
+        argv = json.loads(cmd)
+        if argv != ["--help"]:
+            parse_heartvec(argv)
+
+
+def dockerignore_excludes(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders wins."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        body = re.escape(pattern.removeprefix("!"))
+        body = body.replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        body = re.sub(r"\\\[(.*?)\\\]", r"[\1]", body)
+        if any(re.fullmatch(body, candidate) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+def test_dockerignore_keeps_what_the_images_need_and_nothing_else() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    packaged = [
+        path.relative_to(REPO).as_posix()
+        for source in ("shared", "services")
+        for path in (REPO / source).rglob("*")
+        if path.is_file() and not {"__pycache__", "heartvec.egg-info"} & set(path.parts)
+    ]
+    assert "shared/heartvec/checkpoints/heartvec-small.pt" in packaged
+    for path in ["pyproject.toml", "README.md", *packaged]:
+        assert not dockerignore_excludes(path, patterns), path
+    for path in [
+        ".git/HEAD",
+        ".venv/bin/python",
+        "tests/test_packaging.py",
+        "bench/results/reconstruct.json",
+        "demo-output/volumes/phantom_s9000.nii.gz",
+        "heartvec-data/uploads/a.nii.gz",
+        "runs/small/checkpoint-last.pt",
+        "shared/heartvec/__pycache__/volume.cpython-311.pyc",
+        "shared/heartvec/scan.nii.gz",
+        "services/trainer/heartvec_trainer/.mypy_cache/x.json",
+    ]:
+        assert dockerignore_excludes(path, patterns), path
+
+
+RESET = object()
+"""Compose's `!reset` tag: the override file removes the value it is attached to."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus compose's `!reset` tag."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def load_compose(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load((REPO / name).read_text(), Loader=ComposeLoader)
+    return loaded
+
+
+def merge_compose(base: Any, override: Any) -> Any:
+    """Compose's merge of `-f base -f override`, as far as these files use it."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if value is RESET:
+                merged.pop(key, None)
+            else:
+                merged[key] = merge_compose(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override  # appended: an empty list alone removes nothing
+    return override
+
+
+def interpolate(text: str) -> str:
+    """`${NAME:-default}` -> default, as compose does when NAME is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
+
+
+def service_command(service: dict[str, Any]) -> list[str]:
+    """The `heartvec` argv of a service built from one of our Dockerfiles."""
+    dockerfile = REPO / service["build"]["dockerfile"]
+    assert "entrypoint" not in service
+    if "command" in service:
+        return [interpolate(str(part)) for part in service["command"]]
+    (cmd,) = dockerfile_instructions(dockerfile, "CMD")
+    argv: list[str] = json.loads(cmd)
+    return argv
+
+
+def test_compose_services_run_real_commands() -> None:
+    services = load_compose("compose.yaml")["services"]
+    built = {name: service for name, service in services.items() if "build" in service}
+    assert {"api", "worker", "prepare"} <= set(built)
+    for name, service in built.items():
         assert (REPO / service["build"]["dockerfile"]).is_file(), name
-        command = [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", part) for part in service["command"]]
-        parse_heartvec(command)
+        argv = service_command(service)
+        assert argv[0] in set(SUBCOMMANDS), (name, argv)
+        parse_heartvec(argv)
+    assert service_command(built["api"])[0] == "serve"
+    assert service_command(built["worker"]) == ["worker"]
+    assert services["prepare"]["profiles"] == ["tools"]
+    assert all("profiles" not in services[name] for name in ("api", "worker", "redis", "postgres"))
+
+
+def environment_names(service: dict[str, Any]) -> set[str]:
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        return {entry.split("=", 1)[0] for entry in environment}
+    return set(environment)
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.cpu.yaml"])
+def test_compose_environment_names(name: str) -> None:
+    text = (REPO / name).read_text()
+    services = load_compose(name)["services"]
+    postgres_names = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
+    interpolated = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    assert all(variable.startswith("HEARTVEC_") for variable in interpolated), interpolated
+    settings = {f"HEARTVEC_{field.upper()}" for field in Settings.model_fields}
+    for service_name, service in services.items():
+        names = environment_names(service)
+        if service_name == "postgres":
+            assert names <= postgres_names, names
+        else:
+            assert names <= settings, (service_name, names - settings)
+
+
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
+
+
+def test_no_literal_password_in_container_files() -> None:
+    for path in [REPO / "compose.yaml", REPO / "compose.cpu.yaml", *DOCKERFILES]:
+        text = path.read_text()
+        for password in URL_PASSWORD.findall(text):
+            assert password.startswith("${"), (path.name, password)
+        if path.suffix == ".yaml":
+            for service in load_compose(path.name)["services"].values():
+                environment = service.get("environment", {})
+                for key, value in dict(environment).items():
+                    if SECRET_NAME.search(key):
+                        assert value is None or str(value).startswith("${"), (path.name, key)
+        else:
+            for line in text.splitlines():
+                if line.startswith(("ENV ", "ARG ")):
+                    assert not SECRET_NAME.search(line), (path.name, line)
+
+
+def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    devices: list[dict[str, Any]] = reservations.get("devices", [])
+    return devices
+
+
+def test_worker_reserves_a_gpu_except_in_the_cpu_override() -> None:
+    base = load_compose("compose.yaml")
+    cpu = merge_compose(base, load_compose("compose.cpu.yaml"))
+    worker, cpu_worker = base["services"]["worker"], cpu["services"]["worker"]
+    assert gpu_devices(worker) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert worker["environment"]["HEARTVEC_DEVICE"] == "cuda"
+    assert gpu_devices(cpu_worker) == []
+    assert cpu_worker["environment"]["HEARTVEC_DEVICE"] == "cpu"
+    assert all(
+        gpu_devices(service) == [] for name, service in base["services"].items() if name != "worker"
+    )
+
+
+def test_api_and_worker_share_storage_and_wait_for_healthy_backends() -> None:
+    services = load_compose("compose.yaml")["services"]
+    for name in ("api", "worker"):
+        service = services[name]
+        assert service["environment"]["HEARTVEC_STORAGE_DIR"] == "/data"
+        assert "storage:/data" in service["volumes"], name
+        for backend in ("postgres", "redis"):
+            assert service["depends_on"][backend] == {"condition": "service_healthy"}
+            assert "healthcheck" in services[backend]
 
 
 def test_sbatch_runs_a_real_command() -> None:

@@ -6,6 +6,7 @@ the header is checked before any voxel is read, so an absurd size costs no memor
 
 from __future__ import annotations
 
+import gzip
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,6 +198,22 @@ def load_label_volume(
     image = read_nifti_header(path, max_voxels)
     data = _as_integer_labels(_read_voxels(image, path), path)
     counts = _count_labels(data)
+    unknown = _check_labels(path, counts, label_table, ignore_unknown_labels)
+    classes = _map_to_classes(data, label_table)
+    return LabelVolume(
+        path=str(path),
+        classes=classes,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        label_table=label_table,
+        label_counts=counts,
+        unknown_labels=unknown,
+    )
+
+
+def _check_labels(
+    path: Path, counts: dict[int, int], label_table: LabelTable, ignore_unknown_labels: bool
+) -> list[int]:
+    """Raise on no foreground or (unless ignored) unknown values; return the unknown values."""
     foreground = {v: n for v, n in counts.items() if v != 0}
     if not foreground:
         raise InputError(path, "no foreground: every voxel is background (label 0)")
@@ -208,19 +225,45 @@ def load_label_volume(
             f"unknown label values {unknown} for label table '{label_table.name}' "
             f"(expected {known}); pass --labels or --ignore-unknown-labels",
         )
-    classes = _map_to_classes(data, label_table)
-    if not classes.any():
+    if len(unknown) == len(foreground):
         raise InputError(
             path, f"no foreground: none of the label values {sorted(foreground)} is known"
         )
-    return LabelVolume(
-        path=str(path),
-        classes=classes,
-        affine=np.asarray(image.affine, dtype=np.float64),
-        label_table=label_table,
-        label_counts=counts,
-        unknown_labels=unknown,
-    )
+    return unknown
+
+
+def scan_label_file(
+    path: str | Path,
+    label_table: LabelTable,
+    ignore_unknown_labels: bool = False,
+    max_voxels: int = MAX_VOXELS,
+) -> tuple[nib.Nifti1Image, dict[int, int]]:
+    """Validate a label volume as `load_label_volume` does, reading a few slices at a time so
+    memory stays small whatever the volume's size (the API checks uploads with it).
+
+    Returns:
+        (the image, with no voxels loaded; voxels per label value).
+
+    Raises:
+        InputError: as `load_label_volume`.
+    """
+    path = Path(path)
+    image = read_nifti_header(path, max_voxels)
+    counts: dict[int, int] = {}
+    # one open stream read front to back: slabs in file order cost one pass through a gzip
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as stream:
+        streamed = type(image).from_stream(stream)
+        try:
+            for start in range(0, streamed.shape[2], _SLAB):
+                slab = np.asanyarray(streamed.dataobj[:, :, start : start + _SLAB])
+                if slab.dtype.kind not in "iuf" or (slab.dtype.kind == "f" and slab.itemsize > 8):
+                    raise InputError(path, f"expected integer labels, got voxel type {slab.dtype}")
+                for value, n in _count_labels(_as_integer_labels(slab, path)).items():
+                    counts[value] = counts.get(value, 0) + n
+        except (OSError, EOFError, zlib.error, ValueError) as e:
+            raise InputError(path, f"truncated or corrupt voxel data ({e})") from e
+    _check_labels(path, counts, label_table, ignore_unknown_labels)
+    return image, counts
 
 
 def _map_to_classes(data: np.ndarray, label_table: LabelTable) -> np.ndarray:

@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "a weights-only float16 checkpoint for shipping",
     ),
     "reconstruct": ("heartvec.cli.reconstruct", "label volume -> labelled meshes and a report"),
+    "serve": ("heartvec_api.cli", "the HTTP API (--embedded: with its own worker, no servers)"),
+    "worker": ("heartvec_worker.cli", "a job worker taking reconstructions from the broker"),
 }
 
 

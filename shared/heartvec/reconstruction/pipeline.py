@@ -62,6 +62,36 @@ class ReconstructSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint loaded once and reused for many volumes (a worker process keeps one).
+
+    Args:
+        checkpoint: the file it came from.
+        sha256: hex digest of that file (recorded in every report).
+        state: the checkpoint's contents (class names, configs, normalization).
+        model: the autoencoder in eval mode on `device`.
+    """
+
+    checkpoint: Path
+    sha256: str
+    state: dict[str, Any]
+    model: VecSetAutoencoder
+    device: torch.device
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a checkpoint for reconstruction.
+
+    Raises:
+        CheckpointError: a missing or broken checkpoint.
+    """
+    device = torch.device(device)
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = model_from_checkpoint(state).to(device).eval()
+    return LoadedModel(Path(checkpoint), file_sha256(Path(checkpoint)), state, model, device)
+
+
 class _Clock:
     def __init__(self, progress: Progress | None) -> None:
         self.timings: dict[str, float] = {}
@@ -80,12 +110,18 @@ def reconstruct(
     source: str | Path,
     out_dir: str | Path,
     label_table: LabelTable,
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     settings: ReconstructSettings = ReconstructSettings(),
     ignore_unknown_labels: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Reconstruct one label volume; writes the outputs of CONTRACT.md into `out_dir`.
+
+    Args:
+        checkpoint: a checkpoint file (loaded on `settings.device`), or a `LoadedModel` (its
+            own device is used).
+        progress: called as each stage starts; an exception it raises (a cancelled job) stops
+            the reconstruction there.
 
     Returns:
         the report (also written to `out_dir/report.json`).
@@ -96,15 +132,18 @@ def reconstruct(
     """
     out_dir = Path(out_dir)
     clock = _Clock(progress)
-    device = torch.device(settings.device)
     rng = np.random.default_rng(settings.seed)
     with clock.stage("load"):
         volume = load_label_volume(source, label_table, ignore_unknown_labels)
         surfaces = class_surfaces(volume)
     with clock.stage("model"):
-        state = load_checkpoint(checkpoint, map_location=device)
-        _check_classes(state, volume, Path(checkpoint))
-        model = model_from_checkpoint(state).to(device).eval()
+        loaded = (
+            checkpoint
+            if isinstance(checkpoint, LoadedModel)
+            else load_model(checkpoint, settings.device)
+        )
+        state, model, device = loaded.state, loaded.model, loaded.device
+        _check_classes(state, volume, loaded.checkpoint)
         normalization = checkpoint_normalization(state, surfaces)
     with clock.stage("encode"):
         points, labels = encoder_inputs(model, surfaces, normalization, rng)
@@ -159,8 +198,8 @@ def reconstruct(
             "model": {
                 "preset": state.get("preset"),
                 "epoch": state.get("epoch"),
-                "checkpoint": str(checkpoint),
-                "checkpoint_sha256": file_sha256(Path(checkpoint)),
+                "checkpoint": str(loaded.checkpoint),
+                "checkpoint_sha256": loaded.sha256,
             },
             "device": str(device),
             "refinement": refinement,

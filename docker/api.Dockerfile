@@ -1,0 +1,30 @@
+# The API image: `heartvec serve` (FastAPI under uvicorn). It only validates, stores and enqueues;
+# the reconstruction runs in the worker image, so torch here is the CPU build (~200 MB instead of
+# the ~3 GB CUDA wheels PyPI would pull), installed before the project so pip keeps it.
+# Build from the repository root:  docker build -f docker/api.Dockerfile -t heartvec-api .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+RUN pip install --no-compile --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+WORKDIR /opt/heartvec
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+RUN pip install --no-compile './[service]' \
+    && useradd --create-home --uid 1000 heartvec \
+    && mkdir -p /data \
+    && chown heartvec:heartvec /data
+
+USER 1000:1000
+WORKDIR /home/heartvec
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+ENTRYPOINT ["heartvec"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,107 @@
+"""`create_app`: the FastAPI application, with Celery workers behind a broker or (embedded)
+with a worker thread in this process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+
+from heartvec.errors import InputError
+from heartvec.jobs.database import make_engine, migrate
+from heartvec.jobs.embedded import EmbeddedWorker
+from heartvec.jobs.queue import CeleryDispatcher, make_celery
+from heartvec.jobs.runner import JobLimits, resolve_device
+from heartvec.jobs.storage import LocalStorage
+from heartvec.jobs.store import BadCursor, JobStore
+from heartvec.reconstruction.pipeline import load_model
+from heartvec.settings import Settings
+from heartvec_api.deps import Services
+from heartvec_api.routes import health, jobs
+
+log = logging.getLogger(__name__)
+
+
+def embedded_database_url(settings: Settings) -> str:
+    """SQLite in the storage folder (embedded mode with no HEARTVEC_DATABASE_URL)."""
+    return f"sqlite:///{(settings.storage_dir / 'heartvec.db').resolve()}"
+
+
+def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
+    """The API. With `embedded`, jobs run in a thread of this process (SQLite unless
+    `settings.database_url` was set explicitly); otherwise they go to the Celery broker."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.database_url
+        if embedded and "database_url" not in settings.model_fields_set:
+            url = embedded_database_url(settings)
+        settings.storage_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(url)
+        migrate(engine)
+        store, storage = JobStore(engine), LocalStorage(settings.storage_dir)
+        worker: EmbeddedWorker | None = None
+        if embedded:
+            device = resolve_device(settings.device)
+            worker = EmbeddedWorker(
+                store,
+                storage,
+                lambda: load_model(settings.checkpoint, device),
+                JobLimits(settings.job_time_limit_s, settings.heartbeat_s),
+            )
+            worker.resume(settings.max_attempts)
+            worker.start()
+
+            def ping_worker() -> None:
+                if not worker.is_alive():
+                    raise RuntimeError("the embedded worker thread has stopped")
+
+            app.state.services = Services(settings, store, storage, worker, True, ping_worker)
+        else:
+            dispatcher = CeleryDispatcher(make_celery(settings.broker_url))
+            app.state.services = Services(
+                settings, store, storage, dispatcher, False, dispatcher.ping
+            )
+        log.info(
+            "heartvec API ready (%s, database %s)",
+            "embedded" if embedded else "celery",
+            engine.url.render_as_string(hide_password=True),
+        )
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop(timeout_s=5)
+            engine.dispose()
+
+    app = FastAPI(
+        title="heartvec",
+        summary="Whole-heart label volumes in, labelled meshes out.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, e: InputError) -> JSONResponse:
+        return JSONResponse({"detail": e.problem}, status_code=422)
+
+    @app.exception_handler(BadCursor)
+    async def bad_cursor(request: Request, e: BadCursor) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(request: Request, e: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", e.orig)
+        return JSONResponse(
+            {"detail": "the job database is unavailable; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    return app

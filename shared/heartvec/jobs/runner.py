@@ -1,0 +1,184 @@
+"""`run_job`: the one job function. The Celery task and the embedded worker both call it; it
+claims the job, runs the same `reconstruct(...)` as the command line, reports each stage as
+progress, honours cancellation between stages, and publishes the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heartvec.errors import HeartvecError
+from heartvec.jobs.models import JobStatus
+from heartvec.jobs.storage import Storage
+from heartvec.jobs.store import JobStore, LeaseLost
+from heartvec.labels import load_label_table
+from heartvec.reconstruction.pipeline import LoadedModel, ReconstructSettings, reconstruct
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    """Raised between stages when the job's cancellation was requested."""
+
+
+class JobTimedOut(Exception):
+    """Raised between stages when the job ran past its time limit."""
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Args:
+    time_limit_s: a job still running after this long fails (checked between stages).
+    heartbeat_s: seconds between signs of life while a stage runs.
+    """
+
+    time_limit_s: float = 1800.0
+    heartbeat_s: float = 5.0
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's heartbeat fresh while a long stage runs; notices cancellation and a lost
+    lease so the next stage boundary can act on them."""
+
+    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float) -> None:
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id, self.attempt, self.interval_s = store, job_id, attempt, interval_s
+        self.stopped = threading.Event()
+        self.cancel_requested = False
+        self.lease_lost = False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.cancel_requested = self.store.heartbeat(self.job_id, self.attempt)
+            except LeaseLost:
+                self.lease_lost = True
+                return
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; other names unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_job(
+    job_id: str,
+    store: JobStore,
+    storage: Storage,
+    model: LoadedModel,
+    worker: str,
+    limits: JobLimits = JobLimits(),
+) -> JobStatus | None:
+    """Run one job if it is still queued.
+
+    Returns:
+        the job's final status, or None when this call did not run it (taken by another
+        message, cancelled while queued, or re-queued from under this worker).
+    """
+    attempt = store.claim(job_id, worker)
+    if attempt is None:
+        log.info("job %s: not queued any more, nothing to do", job_id)
+        return None
+    job = store.get(job_id)
+    assert job is not None
+    log.info("job %s: attempt %d on %s", job_id, attempt, worker)
+    work_dir = storage.work_dir(job_id, attempt)
+    heartbeat = _Heartbeat(store, job_id, attempt, limits.heartbeat_s)
+    heartbeat.start()
+    deadline = time.monotonic() + limits.time_limit_s
+
+    def progress(stage: str, fraction: float) -> None:
+        if heartbeat.lease_lost:
+            raise LeaseLost(f"job {job_id}: re-queued while attempt {attempt} ran")
+        if store.set_stage(job_id, attempt, stage, fraction) or heartbeat.cancel_requested:
+            raise JobCancelled(f"cancelled before stage {stage}")
+        if time.monotonic() > deadline:
+            raise JobTimedOut(
+                f"time limit of {limits.time_limit_s:g} s exceeded (before stage {stage})"
+            )
+
+    options = job.options
+    try:
+        report = reconstruct(
+            storage.input_path(job_id, job.input["suffix"]),
+            work_dir,
+            load_label_table(options["labels"]),
+            model,
+            ReconstructSettings(
+                resolution=options["resolution"],
+                refine_steps=options["refine_steps"],
+                device=str(model.device),
+            ),
+            options["ignore_unknown_labels"],
+            progress,
+        )
+        results = storage.publish_results(job_id, work_dir)
+        store.finish(
+            job_id,
+            attempt,
+            JobStatus.SUCCEEDED,
+            metrics=_metrics(report),
+            results=results,
+        )
+        return JobStatus.SUCCEEDED
+    except LeaseLost:
+        log.warning("job %s: attempt %d lost its lease; its outputs are dropped", job_id, attempt)
+        storage.discard(work_dir)
+        return None
+    except JobCancelled as e:
+        return _end(store, storage, job_id, attempt, work_dir, JobStatus.CANCELLED, str(e))
+    except (HeartvecError, JobTimedOut) as e:
+        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, str(e))
+    except Exception as e:
+        log.exception("job %s: attempt %d failed", job_id, attempt)
+        error = f"internal error: {type(e).__name__}: {e}"
+        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, error)
+    finally:
+        heartbeat.stopped.set()
+
+
+def _end(
+    store: JobStore,
+    storage: Storage,
+    job_id: str,
+    attempt: int,
+    work_dir: Path,
+    status: JobStatus,
+    error: str,
+) -> JobStatus | None:
+    storage.discard(work_dir)
+    try:
+        store.finish(job_id, attempt, status, error=error)
+    except LeaseLost:
+        return None
+    log.info("job %s: %s (%s)", job_id, status.value, error)
+    return status
+
+
+def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """What the job row keeps of the report (the whole report is a result file)."""
+    return {
+        "summary": report["summary"],
+        "classes": report["classes"],
+        "timings": report["timings"],
+        "peak_memory_mb": report["peak_memory_mb"],
+        "device": report["device"],
+        "model": report["model"],
+        "refinement": None
+        if report["refinement"] is None
+        else {
+            k: report["refinement"][k]
+            for k in ("steps", "mean_held_out_iou_before", "mean_held_out_iou_after")
+        },
+    }
