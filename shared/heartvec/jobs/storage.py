@@ -96,6 +96,8 @@ class LocalStorage:
         if final.exists():  # an earlier attempt's results that its job row never recorded
             shutil.rmtree(final)
         os.replace(work_dir, final)
+        for stale in (self.root / "work").glob(f"{job_id}.*"):  # attempts of dead workers
+            shutil.rmtree(stale, ignore_errors=True)
         return [
             {"name": name, "media_type": media_type(name), "bytes": (final / name).stat().st_size}
             for name in sorted(p.relative_to(final).as_posix() for p in final.rglob("*"))
