@@ -163,9 +163,8 @@ class Service:
 
     def start_worker(self) -> Process:
         index = len(self.workers)
-        worker = Process(
-            ["worker", "--hostname", f"test{index}@%h"], self.env, self.folder / f"worker{index}.log"
-        )
+        log = self.folder / f"worker{index}.log"
+        worker = Process(["worker", "--hostname", f"test{index}@%h"], self.env, log)
         wait_for(lambda: " ready." in worker.output() or worker.handle.poll() is not None,
                  90, "the worker to be ready")  # fmt: skip
         assert worker.handle.poll() is None, worker.output()

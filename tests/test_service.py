@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from bad_inputs import BAD_INPUTS
 from conftest import write_nifti
-from heartvec.phantom import make_phantom
 from service_harness import FAST_RECOVERY, RedisServer, Service, postgres_database, wait_for
+
+from heartvec.phantom import make_phantom
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_upload_becomes_a_succeeded_job_with_downloadable_results(
     assert job["attempts"] == 1 and job["progress"] == 1.0
     assert job["metrics"]["summary"]["mean_dice_large"] > 0.4
     names = {r["name"] for r in job["results"]}
-    assert CONTRACT_RESULTS <= names
+    assert names >= CONTRACT_RESULTS
     assert sum(n.startswith("meshes/") and n.endswith(".ply") for n in names) == 10
 
     downloaded = tmp_path / "reconstruction.nii.gz"
@@ -178,7 +178,7 @@ def test_a_worker_killed_mid_job_does_not_lose_it(
     service = make_service()
     service.start_api()
     doomed = service.start_worker()
-    job_id = service.submit(phantom, resolution=96, refine_steps=0).json()["id"]
+    job_id = service.submit(phantom, resolution=64, refine_steps=0).json()["id"]
     wait_for(lambda: service.job(job_id)["stage"] == "decode", 60, "the decode stage")
     doomed.kill()
     service.start_worker()
@@ -252,7 +252,8 @@ def test_bad_inputs_get_4xx_and_the_service_stays_healthy(
     good = service.submit(phantom, **QUICK)
     assert good.status_code == 202
     job_id = good.json()["id"]
-    traversal = service.client.get(f"/jobs/{job_id}/results/%2E%2E%2F%2E%2E%2Finputs%2F{job_id}.nii.gz")
+    escape = "%2E%2E%2F%2E%2E%2Finputs%2F"  # ../../inputs/, encoded
+    traversal = service.client.get(f"/jobs/{job_id}/results/{escape}{job_id}.nii.gz")
     assert traversal.status_code == 404
     assert service.client.get("/healthz").json() == {"status": "ok"}
     assert len(list((service.folder / "storage" / "incoming").iterdir())) == 0
