@@ -27,8 +27,8 @@ RUN pip install --no-compile './[service]' \
 
 USER 1000:1000
 WORKDIR /home/heartvec
-# Celery names the node celery@<hostname> and the container's hostname is in $HOSTNAME.
+# `heartvec worker` names the Celery node heartvec@<hostname>; the hostname is in $HOSTNAME.
 HEALTHCHECK --interval=60s --timeout=30s --start-period=60s --retries=3 \
-    CMD ["sh", "-c", "celery -A heartvec_worker.app:celery_app inspect ping --timeout 10 -d \"celery@$HOSTNAME\""]
+    CMD ["sh", "-c", "celery -A heartvec_worker.app:celery_app inspect ping --timeout 10 -d \"heartvec@$HOSTNAME\""]
 ENTRYPOINT ["heartvec"]
 CMD ["worker"]
