@@ -13,7 +13,7 @@ from conftest import write_nifti
 
 from heartvec.errors import InputError
 from heartvec.labels import load_label_table
-from heartvec.volume import load_label_volume
+from heartvec.volume import load_label_volume, scan_label_file
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -26,6 +26,20 @@ def test_loader_names_the_file_and_the_problem(case: str, tmp_path: Path) -> Non
         load_label_volume(path, load_label_table("default"))
     assert str(path) in str(error.value)
     assert words in str(error.value)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_streaming_scan_refuses_what_the_loader_refuses(case: str, tmp_path: Path) -> None:
+    make, words = BAD_INPUTS[case]
+    with pytest.raises(InputError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        scan_label_file(make(tmp_path), load_label_table("default"))
+
+
+def test_streaming_scan_counts_what_the_loader_counts(small_phantom: Path) -> None:
+    table = load_label_table("default")
+    image, counts = scan_label_file(small_phantom, table)
+    assert counts == load_label_volume(small_phantom, table).label_counts
+    assert image.shape == (112, 112, 112)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

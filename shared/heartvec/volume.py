@@ -21,6 +21,7 @@ MAX_VOXELS = 1024**3
 """Default upper bound on the voxel count of one volume (a 1 GiB uint8 class volume)."""
 
 _SLAB = 32  # slices converted at a time, so a float64 copy of a large volume never exists
+_SCAN_VOXELS = 1 << 20  # voxels `scan_label_file` holds at a time (its memory stays ~10 MB)
 
 
 @dataclass
@@ -253,9 +254,11 @@ def scan_label_file(
     # one open stream read front to back: slabs in file order cost one pass through a gzip
     with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as stream:
         streamed = type(image).from_stream(stream)
+        x, y, z = streamed.shape[:3]
+        thickness = max(1, _SCAN_VOXELS // (x * y))
         try:
-            for start in range(0, streamed.shape[2], _SLAB):
-                slab = np.asanyarray(streamed.dataobj[:, :, start : start + _SLAB])
+            for start in range(0, z, thickness):
+                slab = np.asanyarray(streamed.dataobj[:, :, start : start + thickness])
                 if slab.dtype.kind not in "iuf" or (slab.dtype.kind == "f" and slab.itemsize > 8):
                     raise InputError(path, f"expected integer labels, got voxel type {slab.dtype}")
                 for value, n in _count_labels(_as_integer_labels(slab, path)).items():

@@ -131,6 +131,7 @@ def run_job(
             metrics=_metrics(report),
             results=results,
         )
+        log.info("job %s: succeeded (attempt %d, %d result files)", job_id, attempt, len(results))
         return JobStatus.SUCCEEDED
     except LeaseLost:
         log.warning("job %s: attempt %d lost its lease; its outputs are dropped", job_id, attempt)
