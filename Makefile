@@ -55,6 +55,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/reconstruct.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,7 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
+    worker: str | None
     error: str | None
     cancel_requested: bool
     options: dict[str, Any]
@@ -44,6 +45,7 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             attempts=job.attempts,
+            worker=job.worker,
             error=job.error,
             cancel_requested=job.cancel_requested,
             options=job.options,
