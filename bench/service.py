@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
@@ -99,26 +98,37 @@ def fault_run(service: Service, phantom: Path, jobs: int) -> dict[str, Any]:
     }
 
 
-async def _poll(base_url: str, job_id: str, rate: float, seconds: float) -> list[float]:
-    """Open loop: request i is sent at i / rate s whatever the earlier ones are doing."""
+async def _poll(port: int, path: str, rate: float, seconds: float) -> list[float]:
+    """Open loop: request i is due at i / rate s whatever the earlier ones are doing, and its
+    latency counts from then (waiting for a free connection included). A bare HTTP/1.1
+    keep-alive client, so that the load generator's own CPU use stays small next to the API's."""
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(64):
+        idle.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=10) as client:
 
-        async def one() -> None:
-            sent = time.perf_counter()
-            response = await client.get(f"/jobs/{job_id}")
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - sent)
+    async def one(due: float) -> None:
+        reader, writer = await idle.get()
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"{path}: {head[:40]!r}")
+        length = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        latencies.append(time.perf_counter() - due)
+        idle.put_nowait((reader, writer))
 
-        tasks = []
-        start = time.perf_counter()
-        for i in range(int(rate * seconds)):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        due = start + i / rate
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
+    while not idle.empty():
+        idle.get_nowait()[1].close()
     return latencies
 
 
@@ -126,7 +136,7 @@ def latency_run(service: Service, phantom: Path, rate: float, seconds: float) ->
     """GET /jobs/{id} at `rate` per second while a long job runs."""
     job_id = service.submit(phantom, resolution=128, refine_steps=0).json()["id"]
     wait_for(lambda: service.job(job_id)["stage"] == "decode", 120, "the job to be decoding")
-    latencies = asyncio.run(_poll(str(service.client.base_url), job_id, rate, seconds))
+    latencies = asyncio.run(_poll(service.port, f"/jobs/{job_id}", rate, seconds))
     still = service.job(job_id)["status"]
     ms = np.array(latencies) * 1000
     return {

@@ -29,7 +29,8 @@ class Services:
     ping_worker: Callable[[], None]
 
 
-def get_services(request: Request) -> Services:
+# async: trivial dependencies would otherwise each cost a hop through the thread pool
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -39,7 +40,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_api_key(
+async def require_api_key(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -27,7 +27,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # no pre-ping (a round trip per request): a connection broken by a database restart fails
+    # once, the pool is invalidated and refilled, and the API answers 503 meanwhile
+    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
 
 
 def migrate(engine: Engine) -> None:

@@ -46,6 +46,7 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reads = engine.execution_options(isolation_level="AUTOCOMMIT")  # no BEGIN/ROLLBACK
 
     def session(self) -> Session:
         return self._sessions()
@@ -91,8 +92,11 @@ class JobStore:
         return existing, False
 
     def get(self, job_id: str) -> Job | None:
-        with self.session() as session:
-            return session.get(Job, job_id)
+        """The job, detached (a plain query: status polling is the hottest path of the API)."""
+        with self._reads.connect() as connection:
+            row = connection.execute(select(*Job.__table__.columns).where(Job.id == job_id))
+            found = row.mappings().first()
+        return None if found is None else Job(**found)
 
     def by_idempotency_key(self, key: str) -> Job | None:
         with self.session() as session:

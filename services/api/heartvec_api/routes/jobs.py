@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from heartvec.jobs.models import FINISHED, JobStatus, new_job_id
 from heartvec.labels import BUILTIN_TABLES, load_label_table
@@ -109,12 +109,13 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses={404: {}})
-def read_job(job_id: str, services: ServicesDep) -> JobPublic:
+def read_job(job_id: str, services: ServicesDep) -> Response:
     """A job's status, stage, progress, metrics and result files."""
     job = services.store.get(job_id)
     if job is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
-    return JobPublic.from_job(job)
+    # serialized here: the hottest route (clients poll it) skips re-validating its own answer
+    return Response(JobPublic.from_job(job).model_dump_json(), media_type="application/json")
 
 
 @router.delete("/jobs/{job_id}", response_model=JobPublic, responses={404: {}, 409: {}})
