@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-output
 
-.PHONY: demo test lint typecheck pytest bench clean
+WEB := services/api/web
+STATIC := services/api/heartvec_api/static
+
+.PHONY: demo test lint typecheck pytest bench clean web browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +38,27 @@ demo: $(VENV)/.installed
 	@echo "    report          $(DEMO_DIR)/reconstruction/report.json (Dice, HD95, timings)"
 	@echo "    picture         $(DEMO_DIR)/reconstruction/preview.png"
 
+# The web page: three.js bundled by esbuild into the folder the API serves (needs Node.js/npm).
+web: $(STATIC)/app.js
+
+$(STATIC)/app.js: $(WEB)/package.json $(WEB)/package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+	@if command -v npm >/dev/null; then \
+		cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build; \
+	else \
+		echo "npm not found: the web page is not built (tests/test_web.py will be skipped)"; \
+	fi
+
+# Debian's Chromium for the browser test (installed when missing and we may: root with apt).
+browser:
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+			|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null); \
+		else \
+			echo "chromium not found and not installable here: tests/test_web.py will be skipped"; \
+		fi; \
+	fi
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -46,7 +70,7 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed
+pytest: $(VENV)/.installed web browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -58,4 +82,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/service.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache $(WEB)/node_modules $(STATIC)

@@ -2,6 +2,15 @@
 # the reconstruction runs in the worker image, so torch here is the CPU build (~200 MB instead of
 # the ~3 GB CUDA wheels PyPI would pull), installed before the project so pip keeps it.
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t heartvec-api .
+# The web page (three.js bundled by esbuild), built in a Node stage; only the bundle is kept.
+FROM node:20-bookworm-slim AS web
+WORKDIR /build/web
+COPY services/api/web/package.json services/api/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY services/api/web/build.mjs ./
+COPY services/api/web/src ./src
+RUN npm run build
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,6 +25,7 @@ WORKDIR /opt/heartvec
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY --from=web /build/heartvec_api/static ./services/api/heartvec_api/static
 RUN pip install --no-compile './[service]' \
     && useradd --create-home --uid 1000 heartvec \
     && mkdir -p /data \

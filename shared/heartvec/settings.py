@@ -4,9 +4,12 @@ the services read them once and pass values inward."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from heartvec.volume import MAX_VOXELS
 
 BUNDLED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "heartvec-small.pt"
 """The checkpoint shipped with the package (the `small` preset trained on phantoms)."""
@@ -29,7 +32,11 @@ class Settings(BaseSettings):
     stale_after_s: a running job silent this long has lost its worker and is re-queued.
     requeue_after_s: a queued job not started this long has its message sent again (a broker
         restart loses messages; a duplicate is harmless, the first claim wins).
-    recovery_interval_s: how often a worker looks for such jobs.
+    recovery_interval_s: how often a worker looks for such jobs (and expires old ones).
+    retention_s: finished jobs' inputs and results are removed after this long.
+    max_voxels: uploads whose header declares more voxels are refused before any is read.
+    cors_origins: origins allowed to call the API from a browser (none by default).
+    log_format: 'json' (one object per line, with the job id) or 'text'.
     """
 
     model_config = SettingsConfigDict(env_prefix="HEARTVEC_")
@@ -47,6 +54,10 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(default=60.0, gt=0)
     requeue_after_s: float = Field(default=300.0, gt=0)
     recovery_interval_s: float = Field(default=15.0, gt=0)
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    max_voxels: int = Field(default=MAX_VOXELS, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_format: Literal["json", "text"] = "json"
 
 
 def default_checkpoint() -> Path:

@@ -6,29 +6,53 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import OperationalError
 
 from heartvec.errors import InputError
 from heartvec.jobs.database import make_engine, migrate
-from heartvec.jobs.embedded import EmbeddedWorker
 from heartvec.jobs.queue import CeleryDispatcher, make_celery
-from heartvec.jobs.runner import JobLimits, resolve_device
+from heartvec.jobs.recovery import RecoveryLoop, RecoveryPolicy
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import BadCursor, JobStore
-from heartvec.reconstruction.pipeline import load_model
 from heartvec.settings import Settings
 from heartvec_api.deps import Services
 from heartvec_api.routes import health, jobs
 
 log = logging.getLogger(__name__)
 
+STATIC = Path(__file__).parent / "static"
+"""The web page, bundled from services/api/web by `make web` (not in git)."""
+
 
 def embedded_database_url(settings: Settings) -> str:
     """SQLite in the storage folder (embedded mode with no HEARTVEC_DATABASE_URL)."""
     return f"sqlite:///{(settings.storage_dir / 'heartvec.db').resolve()}"
+
+
+def _embedded_worker(settings: Settings, store: JobStore, storage: LocalStorage) -> Any:
+    """The in-process worker (imported here: the model code and torch load only in embedded
+    mode, so the Celery-mode API starts quickly and needs no GPU libraries)."""
+    from heartvec.jobs.embedded import EmbeddedWorker
+    from heartvec.jobs.runner import JobLimits, resolve_device
+    from heartvec.reconstruction.pipeline import load_model
+
+    device = resolve_device(settings.device)
+    worker = EmbeddedWorker(
+        store,
+        storage,
+        lambda: load_model(settings.checkpoint, device),
+        JobLimits(settings.job_time_limit_s, settings.heartbeat_s),
+    )
+    worker.resume(settings.max_attempts)
+    worker.start()
+    return worker
 
 
 def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
@@ -44,23 +68,16 @@ def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
         engine = make_engine(url)
         migrate(engine)
         store, storage = JobStore(engine), LocalStorage(settings.storage_dir)
-        worker: EmbeddedWorker | None = None
+        worker, housekeeping = None, None
         if embedded:
-            device = resolve_device(settings.device)
-            worker = EmbeddedWorker(
-                store,
-                storage,
-                lambda: load_model(settings.checkpoint, device),
-                JobLimits(settings.job_time_limit_s, settings.heartbeat_s),
+            worker = _embedded_worker(settings, store, storage)
+            housekeeping = RecoveryLoop(
+                store, storage, worker, RecoveryPolicy.from_settings(settings), "embedded"
             )
-            worker.resume(settings.max_attempts)
-            worker.start()
-
-            def ping_worker() -> None:
-                if not worker.is_alive():
-                    raise RuntimeError("the embedded worker thread has stopped")
-
-            app.state.services = Services(settings, store, storage, worker, True, ping_worker)
+            housekeeping.start()
+            app.state.services = Services(
+                settings, store, storage, worker, True, worker.raise_unless_alive
+            )
         else:
             dispatcher = CeleryDispatcher(make_celery(settings.broker_url))
             app.state.services = Services(
@@ -74,6 +91,8 @@ def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
         try:
             yield
         finally:
+            if housekeeping is not None:
+                housekeeping.stopped.set()
             if worker is not None:
                 worker.stop(timeout_s=5)
             engine.dispose()
@@ -84,8 +103,24 @@ def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    if settings.cors_origins:  # off unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Idempotency-Key", "Content-Type"],
+        )
     app.include_router(jobs.router)
     app.include_router(health.router)
+    if (STATIC / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def read_page() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    else:
+        log.warning("web page not built (%s missing): run `make web`", STATIC / "index.html")
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, e: InputError) -> JSONResponse:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 
 import uvicorn
 
+from heartvec.logs import configure_logging
 from heartvec.settings import Settings
 from heartvec_api.app import create_app
 
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(Settings(), embedded=args.embedded)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    settings = Settings()
+    configure_logging(settings.log_format == "json")
+    app = create_app(settings, embedded=args.embedded)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=True)
     return 0

@@ -11,7 +11,14 @@ import logging
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 from sqlalchemy.exc import OperationalError
 
 from heartvec.jobs.database import make_engine
@@ -20,6 +27,7 @@ from heartvec.jobs.recovery import RecoveryLoop, RecoveryPolicy
 from heartvec.jobs.runner import JobLimits, resolve_device, run_job
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import JobStore
+from heartvec.logs import configure_logging, current_job
 from heartvec.reconstruction.pipeline import LoadedModel, load_model
 from heartvec.settings import Settings
 
@@ -60,16 +68,33 @@ def _start_child(**_: Any) -> None:
     process.ensure()
 
 
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """heartvec's own logging (JSON lines with the job id) instead of Celery's."""
+    configure_logging(settings.log_format == "json")
+
+
+@task_prerun.connect
+def _tag_job(args: tuple[Any, ...] | None = None, **_: Any) -> None:
+    if args:
+        current_job.set(str(args[0]))
+
+
+@task_postrun.connect
+def _untag_job(**_: Any) -> None:
+    current_job.set(None)
+
+
 @worker_ready.connect
-def _start_recovery(**_: Any) -> None:
-    policy = RecoveryPolicy(
-        stale_after_s=settings.stale_after_s,
-        requeue_after_s=settings.requeue_after_s,
-        max_attempts=settings.max_attempts,
-        interval_s=settings.recovery_interval_s,
-    )
+def _start_recovery(sender: Any = None, **_: Any) -> None:
     store = JobStore(make_engine(settings.database_url))
-    process.recovery = RecoveryLoop(store, CeleryDispatcher(celery_app), policy)
+    process.recovery = RecoveryLoop(
+        store,
+        LocalStorage(settings.storage_dir),
+        CeleryDispatcher(celery_app),
+        RecoveryPolicy.from_settings(settings),
+        worker_name=str(getattr(sender, "hostname", "worker")),
+    )
     process.recovery.start()
 
 

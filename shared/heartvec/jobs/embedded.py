@@ -48,6 +48,14 @@ class EmbeddedWorker(threading.Thread):
         for job_id in self.store.queued_ids():
             self.send(job_id)
 
+    def queue_length(self) -> int:
+        return self.jobs.qsize()
+
+    def raise_unless_alive(self) -> None:
+        """Readiness: raise when the worker thread has stopped."""
+        if not self.is_alive():
+            raise RuntimeError("the embedded worker thread has stopped")
+
     def stop(self, timeout_s: float | None = None) -> None:
         """Finish the job in hand, then stop."""
         self.jobs.put(_STOP)

@@ -70,6 +70,7 @@ class Job(Base):
         attempts: how many times a worker claimed the job (a claim is a lease: only the
             holder of the latest attempt may write).
         heartbeat_at: last sign of life of the worker running it.
+        results_expired_at: when retention removed its input and results.
         enqueued_at: when its message was last sent to the broker.
     """
 
@@ -93,8 +94,29 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    results_expired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_status_created_id", "status", "created_at", "id"),
     )
+
+
+class StageStat(Base):
+    """Running totals of the time succeeded jobs spent in each stage (for /metrics)."""
+
+    __tablename__ = "stage_stats"
+
+    stage: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int]
+    total_s: Mapped[float]
+
+
+class Worker(Base):
+    """The last sign of life of each worker (and the job it was running then)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    current_job: Mapped[str | None] = mapped_column(String(32))

@@ -22,6 +22,10 @@ class Dispatcher(Protocol):
         """Ask a worker to run the job (after its row is committed)."""
         ...
 
+    def queue_length(self) -> int:
+        """Messages waiting to be taken by a worker."""
+        ...
+
 
 def make_celery(broker_url: str, job_time_limit_s: float = 1800.0) -> Celery:
     """The Celery app: one durable queue, late acknowledgement (a message is acked only after
@@ -56,6 +60,12 @@ class CeleryDispatcher:
 
     def send(self, job_id: str) -> None:
         self.app.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+
+    def queue_length(self) -> int:
+        """Messages waiting in the broker's queue."""
+        with self.app.connection_for_read() as connection:
+            declared = connection.default_channel.queue_declare(queue=QUEUE, passive=True)
+            return int(declared.message_count)
 
     def ping(self, timeout_s: float = 2.0) -> None:
         """Raise if the broker cannot be reached within `timeout_s`."""

@@ -5,6 +5,7 @@ progress, honours cancellation between stages, and publishes the results.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from heartvec.jobs.models import JobStatus
 from heartvec.jobs.storage import Storage
 from heartvec.jobs.store import JobStore, LeaseLost
 from heartvec.labels import load_label_table
+from heartvec.logs import current_job, job_context
 from heartvec.reconstruction.pipeline import LoadedModel, ReconstructSettings, reconstruct
 
 log = logging.getLogger(__name__)
@@ -45,17 +47,22 @@ class _Heartbeat(threading.Thread):
     """Keeps the job's heartbeat fresh while a long stage runs; notices cancellation and a lost
     lease so the next stage boundary can act on them."""
 
-    def __init__(self, store: JobStore, job_id: str, attempt: int, interval_s: float) -> None:
+    def __init__(
+        self, store: JobStore, job_id: str, attempt: int, worker: str, interval_s: float
+    ) -> None:
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.store, self.job_id, self.attempt, self.interval_s = store, job_id, attempt, interval_s
+        self.worker = worker
         self.stopped = threading.Event()
         self.cancel_requested = False
         self.lease_lost = False
 
     def run(self) -> None:
+        current_job.set(self.job_id)
         while not self.stopped.wait(self.interval_s):
             try:
                 self.cancel_requested = self.store.heartbeat(self.job_id, self.attempt)
+                self.store.worker_seen(self.worker, self.job_id)
             except LeaseLost:
                 self.lease_lost = True
                 return
@@ -80,12 +87,24 @@ def run_job(
     worker: str,
     limits: JobLimits = JobLimits(),
 ) -> JobStatus | None:
-    """Run one job if it is still queued.
+    """Run one job if it is still queued (every log line meanwhile carries its id).
 
     Returns:
         the job's final status, or None when this call did not run it (taken by another
         message, cancelled while queued, or re-queued from under this worker).
     """
+    with job_context(job_id):
+        return _run_claimed(job_id, store, storage, model, worker, limits)
+
+
+def _run_claimed(
+    job_id: str,
+    store: JobStore,
+    storage: Storage,
+    model: LoadedModel,
+    worker: str,
+    limits: JobLimits,
+) -> JobStatus | None:
     attempt = store.claim(job_id, worker)
     if attempt is None:
         log.info("job %s: not queued any more, nothing to do", job_id)
@@ -94,7 +113,8 @@ def run_job(
     assert job is not None
     log.info("job %s: attempt %d on %s", job_id, attempt, worker)
     work_dir = storage.work_dir(job_id, attempt)
-    heartbeat = _Heartbeat(store, job_id, attempt, limits.heartbeat_s)
+    heartbeat = _Heartbeat(store, job_id, attempt, worker, limits.heartbeat_s)
+    store.worker_seen(worker, job_id)
     heartbeat.start()
     deadline = time.monotonic() + limits.time_limit_s
 
@@ -132,6 +152,7 @@ def run_job(
             results=results,
         )
         log.info("job %s: succeeded (attempt %d, %d result files)", job_id, attempt, len(results))
+        _record_timings(store, report["timings"])
         return JobStatus.SUCCEEDED
     except LeaseLost:
         log.warning("job %s: attempt %d lost its lease; its outputs are dropped", job_id, attempt)
@@ -142,11 +163,16 @@ def run_job(
     except (HeartvecError, JobTimedOut) as e:
         return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, str(e))
     except Exception as e:
-        log.exception("job %s: attempt %d failed", job_id, attempt)
-        error = f"internal error: {type(e).__name__}: {e}"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            log.error("job %s: storage full: %s", job_id, e)
+            error = f"not enough storage space for the results ({e.strerror}); nothing was kept"
+        else:
+            log.exception("job %s: attempt %d failed", job_id, attempt)
+            error = f"internal error: {type(e).__name__}: {e}"
         return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, error)
     finally:
         heartbeat.stopped.set()
+        store.worker_seen(worker, None)
 
 
 def _end(
@@ -165,6 +191,15 @@ def _end(
         return None
     log.info("job %s: %s (%s)", job_id, status.value, error)
     return status
+
+
+def _record_timings(store: JobStore, timings: dict[str, float]) -> None:
+    try:
+        store.record_stage_timings(
+            {k.removesuffix("_s"): v for k, v in timings.items() if k != "total_s"}
+        )
+    except Exception:  # statistics only: the job itself succeeded
+        log.warning("stage timings not recorded", exc_info=True)
 
 
 def _metrics(report: dict[str, Any]) -> dict[str, Any]:

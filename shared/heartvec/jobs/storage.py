@@ -16,6 +16,7 @@ import mimetypes
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +68,14 @@ class Storage(Protocol):
         """A published result as a local file, or None if there is no such result."""
         ...
 
+    def delete_job_files(self, job_id: str, suffix: str) -> None:
+        """Remove a job's input and results (retention)."""
+        ...
+
+    def clean_incoming(self, older_than_s: float) -> int:
+        """Remove uploads abandoned while arriving; returns how many."""
+        ...
+
 
 class LocalStorage:
     """Storage in a local (or shared network) folder."""
@@ -113,3 +122,20 @@ class LocalStorage:
         if not path.is_relative_to(folder) or not path.is_file():
             return None
         return path
+
+    def delete_job_files(self, job_id: str, suffix: str) -> None:
+        shutil.rmtree(self.root / "results" / job_id, ignore_errors=True)
+        if suffix in (".nii", ".nii.gz"):
+            self.input_path(job_id, suffix).unlink(missing_ok=True)
+
+    def clean_incoming(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in (self.root / "incoming").iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # accepted or refused meanwhile
+                continue
+        return removed

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from types import EllipsisType
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, or_, select, tuple_, update
+from sqlalchemy import CursorResult, Engine, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from heartvec.jobs.models import FINISHED, Job, JobStatus, utcnow
+from heartvec.jobs.models import FINISHED, Job, JobStatus, StageStat, Worker, utcnow
 
 
 class LeaseLost(Exception):
@@ -289,6 +291,70 @@ class JobStore:
                 .returning(Job.id)
             ).all()
         return [job_id for (job_id,) in rows]
+
+    # --- operations ---------------------------------------------------------------------------
+
+    def record_stage_timings(self, timings: dict[str, float]) -> None:
+        """Add one succeeded job's stage durations (seconds) to the running totals."""
+        for stage, seconds in timings.items():
+            self._upsert(
+                update(StageStat)
+                .where(StageStat.stage == stage)
+                .values(count=StageStat.count + 1, total_s=StageStat.total_s + seconds),
+                partial(StageStat, stage=stage, count=1, total_s=seconds),
+            )
+
+    def stage_totals(self) -> dict[str, tuple[int, float]]:
+        """stage -> (succeeded jobs, total seconds)."""
+        with self.session() as session:
+            return {s.stage: (s.count, s.total_s) for s in session.scalars(select(StageStat))}
+
+    def worker_seen(self, name: str, current_job: str | EllipsisType | None = ...) -> None:
+        """A worker's heartbeat, and the job it runs now (None: idle; `...`: unchanged)."""
+        now = utcnow()
+        values: dict[str, Any] = {"last_seen_at": now}
+        if current_job is not ...:
+            values["current_job"] = current_job
+        self._upsert(
+            update(Worker).where(Worker.name == name).values(**values),
+            lambda: Worker(name=name, last_seen_at=now, current_job=values.get("current_job")),
+        )
+
+    def workers(self) -> list[Worker]:
+        with self.session() as session:
+            return list(session.scalars(select(Worker).order_by(Worker.name)))
+
+    def _upsert(self, change: Any, make_row: Callable[[], Any]) -> None:
+        """Update a row, or insert it when absent (portable: no dialect-specific upsert)."""
+        for _ in range(3):
+            with self.session() as session, session.begin():
+                if cast(CursorResult[Any], session.execute(change)).rowcount:
+                    return
+            try:
+                with self.session() as session, session.begin():
+                    session.add(make_row())
+                return
+            except IntegrityError:  # inserted meanwhile by someone else: update it then
+                continue
+        raise RuntimeError("upsert kept colliding")
+
+    def expire(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Mark finished jobs older than `older_than_s` as expired (their results and input are
+        to be deleted). Returns [(job id, input suffix)] of the jobs marked now."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=older_than_s)
+        with self.session() as session, session.begin():
+            rows = session.execute(
+                update(Job)
+                .where(
+                    Job.status.in_([s.value for s in FINISHED]),
+                    Job.finished_at < cutoff,
+                    Job.results_expired_at.is_(None),
+                )
+                .values(results_expired_at=now, results=[])
+                .returning(Job.id, Job.input)
+            ).all()
+        return [(job_id, str(info.get("suffix", ""))) for job_id, info in rows]
 
     def queued_ids(self) -> list[str]:
         """Queued jobs, oldest first (the embedded worker's queue after a restart)."""

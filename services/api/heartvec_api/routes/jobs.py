@@ -75,7 +75,9 @@ async def create_reconstruction(
         options = _options(upload.fields)
         named = upload.staged.with_name(upload.staged.name + upload.suffix)
         upload.staged = upload.staged.rename(named)
-        input_info = await run_in_threadpool(_check_volume, upload, options)
+        input_info = await run_in_threadpool(
+            _check_volume, upload, options, services.settings.max_voxels
+        )
     except BaseException:
         upload.staged.unlink(missing_ok=True)
         raise
@@ -183,7 +185,7 @@ def _options(fields: dict[str, str]) -> dict[str, Any]:
     return options
 
 
-def _check_volume(upload: Upload, options: dict[str, Any]) -> dict[str, Any]:
+def _check_volume(upload: Upload, options: dict[str, Any], max_voxels: int) -> dict[str, Any]:
     """Validate the staged upload (content, header, labels) without loading it whole.
 
     Raises:
@@ -193,7 +195,10 @@ def _check_volume(upload: Upload, options: dict[str, Any]) -> dict[str, Any]:
     if not (upload.head.startswith(GZIP_MAGIC) or _nifti_magic(upload.head)):
         raise HTTPException(415, "not a NIfTI file (.nii or .nii.gz)")
     image, counts = scan_label_file(
-        upload.staged, load_label_table(options["labels"]), options["ignore_unknown_labels"]
+        upload.staged,
+        load_label_table(options["labels"]),
+        options["ignore_unknown_labels"],
+        max_voxels,
     )
     zooms = image.header.get_zooms()[:3]
     return {
