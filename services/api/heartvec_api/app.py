@@ -4,6 +4,7 @@ with a worker thread in this process."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from heartvec.jobs.queue import CeleryDispatcher, make_celery
 from heartvec.jobs.recovery import RecoveryLoop, RecoveryPolicy
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import BadCursor, JobStore
+from heartvec.logs import current_job
 from heartvec.settings import Settings
 from heartvec_api.deps import Services
 from heartvec_api.routes import health, jobs
@@ -34,6 +36,27 @@ STATIC = Path(__file__).parent / "static"
 def embedded_database_url(settings: Settings) -> str:
     """SQLite in the storage folder (embedded mode with no HEARTVEC_DATABASE_URL)."""
     return f"sqlite:///{(settings.storage_dir / 'heartvec.db').resolve()}"
+
+
+class JobIdInLogs:
+    """ASGI middleware: requests about a job (`/jobs/{id}...`) log with its id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        match = _JOB_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        token = current_job.set(match.group(1))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_job.reset(token)
+
+
+_JOB_PATH = re.compile(r"^/jobs/([A-Za-z0-9_-]{1,64})")
 
 
 def _embedded_worker(settings: Settings, store: JobStore, storage: LocalStorage) -> Any:
@@ -110,6 +133,7 @@ def create_app(settings: Settings, embedded: bool = False) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Idempotency-Key", "Content-Type"],
         )
+    app.add_middleware(JobIdInLogs)
     app.include_router(jobs.router)
     app.include_router(health.router)
     if (STATIC / "index.html").is_file():

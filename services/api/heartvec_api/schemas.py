@@ -25,6 +25,7 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    results_expired_at: datetime | None
     attempts: int
     worker: str | None
     error: str | None
@@ -44,6 +45,7 @@ class JobPublic(BaseModel):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            results_expired_at=job.results_expired_at,
             attempts=job.attempts,
             worker=job.worker,
             error=job.error,

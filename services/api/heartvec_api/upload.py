@@ -4,6 +4,7 @@ fields are collected on the side."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,11 @@ async def receive_upload(request: Request, staged: Path, max_file_bytes: int) ->
             parser.finalize()
     except UploadRejected:
         staged.unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        staged.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UploadRejected(507, "not enough storage space for the upload") from e
         raise
     except Exception as e:  # the parser's own errors for a malformed body
         staged.unlink(missing_ok=True)

@@ -47,7 +47,7 @@ class _Process:
 
     def ensure(self) -> tuple[JobStore, LocalStorage, LoadedModel]:
         if self.store is None:
-            self.store = JobStore(make_engine(settings.database_url))
+            self.store = JobStore(make_engine(settings.database_url, pre_ping=True))
         if self.storage is None:
             self.storage = LocalStorage(settings.storage_dir)
         if self.model is None:
@@ -87,7 +87,7 @@ def _untag_job(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_recovery(sender: Any = None, **_: Any) -> None:
-    store = JobStore(make_engine(settings.database_url))
+    store = JobStore(make_engine(settings.database_url, pre_ping=True))
     process.recovery = RecoveryLoop(
         store,
         LocalStorage(settings.storage_dir),

@@ -13,9 +13,14 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x68657274  # Postgres advisory lock id: one migrating process at a time
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pre_ping: bool = False) -> Engine:
     """An engine for the job store; SQLite gets WAL and a busy timeout so the embedded API and
-    its worker thread can write concurrently."""
+    its worker thread can write concurrently.
+
+    Args:
+        pre_ping: test each pooled connection before use (workers: a database restart then
+            costs nothing; the API skips it, a round trip per request, and answers 503 once).
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -27,9 +32,9 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    # no pre-ping (a round trip per request): a connection broken by a database restart fails
-    # once, the pool is invalidated and refilled, and the API answers 503 meanwhile
-    return create_engine(url, pool_size=10, max_overflow=10, pool_recycle=1800)
+    return create_engine(
+        url, pool_size=10, max_overflow=10, pool_recycle=1800, pool_pre_ping=pre_ping
+    )
 
 
 def migrate(engine: Engine) -> None:

@@ -9,9 +9,12 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from heartvec.errors import HeartvecError
 from heartvec.jobs.models import JobStatus
@@ -22,6 +25,7 @@ from heartvec.logs import current_job, job_context
 from heartvec.reconstruction.pipeline import LoadedModel, ReconstructSettings, reconstruct
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JobCancelled(Exception):
@@ -114,14 +118,15 @@ def _run_claimed(
     log.info("job %s: attempt %d on %s", job_id, attempt, worker)
     work_dir = storage.work_dir(job_id, attempt)
     heartbeat = _Heartbeat(store, job_id, attempt, worker, limits.heartbeat_s)
-    store.worker_seen(worker, job_id)
+    _best_effort(lambda: store.worker_seen(worker, job_id))
     heartbeat.start()
     deadline = time.monotonic() + limits.time_limit_s
 
     def progress(stage: str, fraction: float) -> None:
         if heartbeat.lease_lost:
             raise LeaseLost(f"job {job_id}: re-queued while attempt {attempt} ran")
-        if store.set_stage(job_id, attempt, stage, fraction) or heartbeat.cancel_requested:
+        cancel = _retrying(lambda: store.set_stage(job_id, attempt, stage, fraction))
+        if cancel or heartbeat.cancel_requested:
             raise JobCancelled(f"cancelled before stage {stage}")
         if time.monotonic() > deadline:
             raise JobTimedOut(
@@ -144,12 +149,10 @@ def _run_claimed(
             progress,
         )
         results = storage.publish_results(job_id, work_dir)
-        store.finish(
-            job_id,
-            attempt,
-            JobStatus.SUCCEEDED,
-            metrics=_metrics(report),
-            results=results,
+        _retrying(
+            lambda: store.finish(
+                job_id, attempt, JobStatus.SUCCEEDED, metrics=_metrics(report), results=results
+            )
         )
         log.info("job %s: succeeded (attempt %d, %d result files)", job_id, attempt, len(results))
         _record_timings(store, report["timings"])
@@ -172,7 +175,7 @@ def _run_claimed(
         return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, error)
     finally:
         heartbeat.stopped.set()
-        store.worker_seen(worker, None)
+        _best_effort(lambda: store.worker_seen(worker, None))
 
 
 def _end(
@@ -186,11 +189,34 @@ def _end(
 ) -> JobStatus | None:
     storage.discard(work_dir)
     try:
-        store.finish(job_id, attempt, status, error=error)
+        _retrying(lambda: store.finish(job_id, attempt, status, error=error))
     except LeaseLost:
         return None
     log.info("job %s: %s (%s)", job_id, status.value, error)
     return status
+
+
+def _retrying(write: Callable[[], T], patience_s: float = 60.0) -> T:
+    """A store write, tried again while the database is unreachable (a restart takes seconds);
+    after `patience_s` the error propagates and recovery re-queues the job later."""
+    deadline, delay = time.monotonic() + patience_s, 0.5
+    while True:
+        try:
+            return write()
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job store unreachable; retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+def _best_effort(write: Callable[[], object]) -> None:
+    """Bookkeeping that must not fail a job (worker heartbeats for /metrics)."""
+    try:
+        write()
+    except Exception:
+        log.warning("worker bookkeeping not recorded", exc_info=True)
 
 
 def _record_timings(store: JobStore, timings: dict[str, float]) -> None:

@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 
 from heartvec.jobs.models import FINISHED, JobStatus, new_job_id
 from heartvec.labels import BUILTIN_TABLES, load_label_table
+from heartvec.logs import current_job
 from heartvec.volume import scan_label_file
 from heartvec_api.deps import ServicesDep, require_api_key
 from heartvec_api.schemas import JobList, JobPublic
@@ -52,7 +53,7 @@ _UPLOAD_SCHEMA = {
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
     openapi_extra={"requestBody": _UPLOAD_SCHEMA},
-    responses={400: {}, 413: {}, 415: {}, 422: {}},
+    responses={400: {}, 413: {}, 415: {}, 422: {}, 507: {}},
 )
 async def create_reconstruction(
     request: Request,
@@ -89,6 +90,7 @@ async def create_reconstruction(
     if not created:
         storage.input_path(job_id, upload.suffix).unlink(missing_ok=True)
         return _accepted(JobPublic.from_job(job), replayed=True)
+    current_job.set(job.id)  # this request's remaining log lines name the new job
     try:
         await run_in_threadpool(services.dispatcher.send, job.id)
     except Exception:  # the job is committed; recovery sends its message again later
