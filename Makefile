@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,bench,service]'
 	touch $@
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed web
 	$(BIN)/heartvec phantom $(DEMO_DIR)/volumes --count 2 --seed 9000
 	$(BIN)/heartvec inspect $(DEMO_DIR)/volumes/phantom_s9000.nii.gz
 	$(BIN)/heartvec prepare $(DEMO_DIR)/volumes --out $(DEMO_DIR)/prepared

@@ -8,7 +8,8 @@ workers started as users start them (`heartvec serve`, `heartvec worker`):
 2. polling latency: `GET /jobs/{id}` at a fixed rate (default 200/s, open loop) while a job runs:
    p50/p99/max;
 3. a large upload (default 300 MB, an uncompressed NIfTI) accepted: the API's memory growth
-   (resident set sampled every 20 ms) and the time to 202.
+   (resident set sampled every 20 ms) and the time to 202;
+4. submission load: 100 uploads from 10 concurrent clients (each validated before its 202).
 
 Usage: .venv/bin/python bench/service.py [--jobs 20] [--rate 200] [--upload-mb 300]
 """
@@ -151,6 +152,33 @@ def latency_run(service: Service, phantom: Path, rate: float, seconds: float) ->
     }
 
 
+def submission_run(service: Service, phantom: Path, jobs: int, clients: int) -> dict[str, Any]:
+    """`jobs` uploads from `clients` concurrent clients: POST latency and accepted per second.
+    The jobs are cancelled afterwards (only accepting them is measured)."""
+
+    def submit(_: int) -> tuple[float, str]:
+        sent = time.perf_counter()
+        response = service.submit(phantom, **QUICK)
+        assert response.status_code == 202, response.text
+        return time.perf_counter() - sent, response.json()["id"]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(submit, range(jobs)))
+    elapsed = time.perf_counter() - started
+    for _, job_id in answers:
+        service.client.delete(f"/jobs/{job_id}")
+    ms = np.array([seconds for seconds, _ in answers]) * 1000
+    return {
+        "jobs": jobs,
+        "clients": clients,
+        "upload_bytes": phantom.stat().st_size,
+        "accepted_per_s": round(jobs / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+    }
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -255,6 +283,8 @@ def main() -> None:
             print("latency:", {k: v for k, v in latency.items() if k != "latencies_ms"})
             upload = large_upload(service, folder, args.upload_mb)
             print("upload:", {k: v for k, v in upload.items() if k != "samples"})
+            submissions = submission_run(service, phantom, 100, 10)
+            print("submissions:", submissions)
         finally:
             service.stop()
     picture = REPO / "bench" / "results" / "service.png"
@@ -279,6 +309,10 @@ def main() -> None:
         f"{upload['status']} after {upload['seconds_to_202']} s (streamed and validated); API "
         f"memory +{upload['growth_mb']} MB (RSS {upload['rss_before_mb']} -> peak "
         f"{upload['rss_peak_mb']} MB) | accepted, growth < 50 MB |",
+        f"| {submissions['jobs']} uploads ({submissions['upload_bytes'] / 1e3:.0f} kB .nii.gz) "
+        f"from {submissions['clients']} clients at once (load, no target) | "
+        f"{submissions['accepted_per_s']} accepted/s, POST p50 {submissions['p50_ms']} ms, "
+        f"p99 {submissions['p99_ms']} ms | - |",
     ]
     write_section("service", "Service", lines)
     print("\n".join(lines))

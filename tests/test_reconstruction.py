@@ -51,6 +51,14 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     assert stages[0] == "load" and stages[-1] == "done"
     for name in ("heart.glb", "reconstruction.nii.gz", "latent.npy", "report.json", "preview.png"):
         assert (out / name).stat().st_size > 0, name
+    # the input's outlines on three slices, in world mm: the LV outline lies on the input's LV
+    slices = json.loads((out / "slices.json").read_text())["slices"]
+    assert [s["axis"] for s in slices] == [0, 1, 2]
+    lv_points = np.array([p for s in slices for line in s["classes"]["1"] for p in line])
+    inverse = np.linalg.inv(nib.load(phantom).affine)
+    ijk = np.rint(nib.affines.apply_affine(inverse, lv_points)).astype(int)
+    near_lv = [(np.asarray(nib.load(phantom).dataobj)[tuple(v)] == 1) for v in ijk]
+    assert np.mean(near_lv) > 0.4  # outlines run along the boundary: about half inside
     source, result = nib.load(phantom), nib.load(out / "reconstruction.nii.gz")
     assert result.shape == source.shape
     np.testing.assert_allclose(result.affine, source.affine)

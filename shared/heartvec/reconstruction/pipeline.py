@@ -29,6 +29,7 @@ from heartvec.normalization import (
     fitted_normalization,
     fixed_normalization,
 )
+from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid
 from heartvec.reconstruction.meshes import class_meshes, label_volume
@@ -179,6 +180,7 @@ def reconstruct(
         write_label_volume(classes, volume.affine, label_table, out_dir / "reconstruction.nii.gz")
         np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
         render_preview(volume, classes, meshes, out_dir / "preview.png")
+        (out_dir / "slices.json").write_text(json.dumps(slice_contours(volume)))
     with clock.stage("report"):
         class_metrics = _class_metrics(volume, classes, surfaces, meshes)
         report: dict[str, Any] = {

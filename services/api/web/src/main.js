@@ -141,7 +141,10 @@ async function showResult(job) {
     if (match) classIndex[match[2]] = Number(match[1]);
   }
   const glb = await (await api(`/jobs/${job.id}/results/heart.glb`)).arrayBuffer();
-  showHeart(glb, classIndex, job.metrics.classes);
+  const slices = job.results.some((r) => r.name === "slices.json")
+    ? await (await api(`/jobs/${job.id}/results/slices.json`)).json()
+    : { slices: [] };
+  showHeart(glb, classIndex, job.metrics.classes, slices);
 }
 
 // --- 3D viewer ------------------------------------------------------------------------------
@@ -163,7 +166,22 @@ function setUpViewer() {
   animate();
 }
 
-function showHeart(glb, classIndex, metrics) {
+// the input's class outlines (world mm) on three orthogonal slices, one line per outline
+function inputOutlines(slices) {
+  const group = new THREE.Group();
+  for (const slice of slices.slices) {
+    for (const [index, lines] of Object.entries(slice.classes)) {
+      const material = new THREE.LineBasicMaterial({ color: TAB10[(Number(index) - 1) % 10] });
+      for (const line of lines) {
+        const points = line.map(([x, y, z]) => new THREE.Vector3(x, y, z));
+        group.add(new THREE.Line(new THREE.BufferGeometry().setFromPoints(points), material));
+      }
+    }
+  }
+  return group;
+}
+
+function showHeart(glb, classIndex, metrics, slices) {
   if (!viewer.renderer) setUpViewer();
   new GLTFLoader().parse(glb, "", (gltf) => {
     const scene = new THREE.Scene();
@@ -183,6 +201,10 @@ function showHeart(glb, classIndex, metrics) {
       parts[name] = node;
     });
     scene.add(gltf.scene);
+    const outlines = inputOutlines(slices);
+    outlines.visible = $("outlines").checked;
+    $("outlines").onchange = () => { outlines.visible = $("outlines").checked; };
+    scene.add(outlines);
     const box = new THREE.Box3().setFromObject(gltf.scene);
     const centre = box.getCenter(new THREE.Vector3());
     const size = box.getSize(new THREE.Vector3()).length();
