@@ -37,6 +37,8 @@ demo: $(VENV)/.installed web
 	@echo "    label volume    $(DEMO_DIR)/reconstruction/reconstruction.nii.gz"
 	@echo "    report          $(DEMO_DIR)/reconstruction/report.json (Dice, HD95, timings)"
 	@echo "    picture         $(DEMO_DIR)/reconstruction/preview.png"
+	@echo "  web page          see the README, section The HTTP service (serve --embedded,"
+	@echo "                    then open http://127.0.0.1:8000/ and drop a volume on it)"
 
 # The web page: three.js bundled by esbuild into the folder the API serves (needs Node.js/npm).
 web: $(STATIC)/app.js
