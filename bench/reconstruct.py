@@ -12,6 +12,8 @@ In one run:
 Each reconstruction runs `heartvec reconstruct` in a fresh process (clean peak memory).
 
 Usage: .venv/bin/python bench/reconstruct.py --checkpoint CKPT [--seeds 5000 5001 ...]
+       .venv/bin/python bench/reconstruct.py --device cuda --latency-only   (GPU latency,
+       results in bench/results/reconstruct_latency_cuda.json and a BENCHMARKS.md section)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import datetime
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,25 +48,31 @@ from heartvec.volume import load_label_volume
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"
 HEARTVEC = str(Path(sys.executable).parent / "heartvec")
+if not Path(HEARTVEC).is_file():  # an interpreter without the entry point beside it
+    HEARTVEC = shutil.which("heartvec") or HEARTVEC
 
 
 def run_reconstruct(source: Path, out: Path, *extra: str) -> dict[str, Any]:
     """Report of one `heartvec reconstruct` process, with its wall time and peak memory."""
     started = time.perf_counter()
     command = [HEARTVEC, "reconstruct", str(source), "--out", str(out), *extra]
-    subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
     report = json.loads((out / "report.json").read_text())
     report["wall_s"] = time.perf_counter() - started
     return report
 
 
-def dense_vs_band(checkpoint: Path, volume_path: Path, resolution: int) -> dict[str, float]:
+def dense_vs_band(
+    checkpoint: Path, volume_path: Path, resolution: int, device: str = "cpu"
+) -> dict[str, float]:
     """Decode time of the band against the full dense grid: same model, same latents (of a
     real input), same grid as `heartvec reconstruct` uses."""
     volume = load_label_volume(volume_path, load_label_table("default"))
     surfaces = class_surfaces(volume)
-    state = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(state).eval()
+    state = load_checkpoint(checkpoint, map_location=device)
+    model = model_from_checkpoint(state).to(device).eval()
     normalization = pipeline.checkpoint_normalization(state, surfaces)
     points, labels = pipeline.encoder_inputs(
         model, surfaces, normalization, np.random.default_rng(0)
@@ -71,18 +80,67 @@ def dense_vs_band(checkpoint: Path, volume_path: Path, resolution: int) -> dict[
     truncation = state["train_config"].get("truncation")
     timings = {}
     with torch.no_grad():
-        latents = model.encode(points, labels)
+        latents = model.encode(points.to(device), labels.to(device))
     for dense in (False, True):
+        _synchronize(device)
         started = time.perf_counter()
         grid = pipeline.decode_latents(
             model, latents, surfaces, normalization, resolution, truncation, dense=dense
         )
+        _synchronize(device)
         key = "dense" if dense else "band"
         timings[f"{key}_s"] = time.perf_counter() - started
         timings[f"{key}_points"] = grid.evaluated
         print(f"{key}: {timings[f'{key}_s']:.1f} s, {grid.evaluated:,} points", flush=True)
     timings["ratio"] = timings["dense_s"] / timings["band_s"]
     return timings
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
+    """Latency of one 256^3 phantom at resolution 256 with default settings on `device`, as
+    separate `heartvec reconstruct` processes (the first pays CUDA start-up), and the band vs
+    dense decode on the same device."""
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "checkpoint": str(checkpoint),
+        "default_refine_steps": ReconstructSettings.refine_steps,
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        labels, affine = make_phantom(5000, size=256, spacing=1.0)
+        source = folder / "phantom_s5000.nii.gz"
+        nib.save(nib.Nifti1Image(labels, affine), source)
+        runs = []
+        for index in range(repeats):
+            report = run_reconstruct(
+                source, folder / f"out_{index}", "--checkpoint", str(checkpoint),
+                "--device", device,
+            )  # fmt: skip
+            runs.append(
+                {
+                    "wall_s": report["wall_s"],
+                    "timings": report["timings"],
+                    "peak_memory_mb": report.get("peak_memory_mb"),
+                    "summary": report["summary"],
+                }
+            )
+            print(f"run {index}: pipeline {report['timings']['total_s']:.2f} s, process "
+                  f"{report['wall_s']:.1f} s, timings {report['timings']}", flush=True)  # fmt: skip
+        results["runs"] = runs
+        results["dense_vs_band"] = dense_vs_band(checkpoint, source, 256, device)
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    name = device.split(":")[0]
+    (out / f"reconstruct_latency_{name}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
 
 
 def main() -> int:
@@ -93,8 +151,17 @@ def main() -> int:
     parser.add_argument(
         "--resolution", type=int, default=256, help="grid of the quality runs (default 256)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the latency of one 256^3 phantom (3 processes) and band vs dense decode",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="--latency-only processes")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
+    if args.latency_only:
+        return latency_only(checkpoint, args.device, args.repeats)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -267,3 +267,45 @@ def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli
     status, _, err = run_cli("train", "--data", dataset, "--out", tmp_path / "x", "--config",
                              "small", "--epochs", "1", "--init-from", exported)  # fmt: skip
     assert status == 2 and "another model config" in err
+
+
+def test_time_limit_stops_validates_and_decays_the_learning_rate(
+    dataset: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    run = tmp_path / "run"
+    started = time.monotonic()
+    status, _, err = run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "10000",
+                             "--val-every", "1000", "--time-limit", "6")  # fmt: skip
+    assert status == 0 and "time limit of 6 s reached" in err
+    assert time.monotonic() - started < 60
+    history = json.loads((run / "history.json").read_text())
+    assert 1 < len(history) < 10000 and history[-1]["elapsed_s"] >= 6
+    assert "val" in history[-1]  # the cut epoch is validated, and saved
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    assert state["epoch"] == len(history) and state["elapsed_s"] >= 6
+    peak = TRAIN_PRESETS["tiny"].learning_rate
+    assert state["scheduler"]["_last_lr"][0] <= 0.12 * peak  # decayed over the time, not epochs
+
+
+def test_repeats_make_each_pass_its_own_epoch_of_draws(dataset: Path) -> None:
+    from torch.utils.data.distributed import DistributedSampler
+
+    from heartvec_trainer.data import EpochTagged
+
+    files = read_split(dataset, "train")
+    shapes = PreparedShapes(files, 512, TRAIN_PRESETS["tiny"])
+    size = len(shapes)
+    tagged = EpochTagged(DistributedSampler(shapes, 1, 0, shuffle=True, seed=0), size, repeats=3)
+    tagged.set_epoch(1)
+    keys = list(tagged)
+    assert len(keys) == len(tagged) == 3 * size
+    passes = [keys[i * size : (i + 1) * size] for i in range(3)]
+    for draw_epoch, keys_of_pass in zip((3, 4, 5), passes, strict=True):
+        assert sorted(k - draw_epoch * size for k in keys_of_pass) == list(range(size))
+    # an item's draws depend on its pass: same file, different points; same key, same points
+    first, second = shapes[3 * size], shapes[4 * size]
+    assert not torch.equal(first["vol_points"], second["vol_points"])
+    torch.testing.assert_close(shapes[3 * size]["vol_points"], first["vol_points"])
+    # epoch 0 of one pass draws what plain indices draw (runs before this change resume alike)
+    plain = EpochTagged(DistributedSampler(shapes, 1, 0, shuffle=True, seed=0), size)
+    assert sorted(plain) == list(range(size))

@@ -32,6 +32,15 @@ class TrainConfig:
         augment: random similarity transform per shape and step (off by default: hearts come
             anatomically aligned); `augment_rotation_deg` and `augment_scale` bound it.
         val_every: validate every N epochs (0: never).
+        repeats: passes over the training split per epoch, each with its own shuffle and point
+            draws. For a small split on a fast GPU: a batch is built by one DataLoader worker,
+            so an epoch of few batches keeps few workers busy; repeats fill them all.
+        checkpoint_every_s: save RUN_DIR/checkpoint-last.pt at most this often (0: after every
+            epoch); validated and final epochs are always saved. For epochs of a second or two.
+        time_limit_s: stop after this many seconds of training (resumed runs count their
+            earlier time), validating and saving first; the learning rate then follows the
+            cosine by whichever is further along, steps or time, so a run cut by its time limit
+            still ends at the low learning rate. For fixed GPU leases and SLURM wall times.
         precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
         workers: DataLoader worker processes.
         seed: seeds model initialisation and every random draw of the data.
@@ -59,9 +68,18 @@ class TrainConfig:
     augment_rotation_deg: float = 10.0
     augment_scale: float = 0.1
     val_every: int = 1
+    time_limit_s: float | None = None
+    repeats: int = 1
+    checkpoint_every_s: float = 0.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     workers: int = 2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.checkpoint_every_s < 0:
+            raise InputError("train config", "repeats must be >= 1, checkpoint_every_s >= 0")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise InputError("train config", f"time limit {self.time_limit_s} s: must be > 0")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

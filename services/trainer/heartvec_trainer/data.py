@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from heartvec.errors import InputError
 from heartvec.model.sampling import balanced_surface_subsample
@@ -46,7 +48,9 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
     """One item per prepared volume: encoder inputs and query points with their SDF.
 
     Every random draw of item i in epoch e comes from a generator seeded with (seed, e, i), so
-    a resumed run sees exactly the data the uninterrupted run would have.
+    a resumed run sees exactly the data the uninterrupted run would have. The epoch travels in
+    the index (`EpochTagged`: e * len + i), so DataLoader workers can stay alive across epochs
+    and still draw each epoch's own points; a plain index i means the epoch of `set_epoch`.
 
     Args:
         files: `.npz` files in the training format.
@@ -71,9 +75,10 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
         config = self.config
-        rng = np.random.default_rng([config.seed, self.epoch, index])
+        epoch, index = divmod(key, len(self.files)) if key >= len(self.files) else (self.epoch, key)
+        rng = np.random.default_rng([config.seed, epoch, index])
         with np.load(self.files[index]) as sample:
             surface_points = sample["surface_points"]
             surface_labels = sample["surface_labels"]
@@ -113,6 +118,36 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
             "surface_labels": torch.from_numpy(loss_labels),  # (S,)
             "class_present": torch.from_numpy(present),  # (C,)
         }
+
+
+class EpochTagged(Sampler[int]):
+    """Wraps a sampler with `set_epoch` (DistributedSampler) so each index it yields carries
+    the epoch of its draws: `draw_epoch * size + index`, decoded by `PreparedShapes`.
+
+    With `repeats` > 1 an epoch is that many passes, pass r of epoch e drawing as epoch
+    e * repeats + r (its own shuffle and points). The sampler lives in the main process, so
+    persistent DataLoader workers (which keep their own copy of the dataset) still see the
+    current epoch, and no worker is re-spawned per epoch.
+    """
+
+    def __init__(self, sampler: Any, size: int, repeats: int = 1) -> None:
+        self.sampler = sampler
+        self.size = size
+        self.repeats = repeats
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        for repeat in range(self.repeats):
+            draw_epoch = self.epoch * self.repeats + repeat
+            self.sampler.set_epoch(draw_epoch)
+            offset = draw_epoch * self.size
+            yield from (offset + int(index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler) * self.repeats
 
 
 def _random_similarity(config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:

@@ -35,7 +35,7 @@ from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TrainConfig, load_config
 from heartvec_trainer.curves import plot_history
-from heartvec_trainer.data import PreparedShapes, normalization_of, read_split
+from heartvec_trainer.data import EpochTagged, PreparedShapes, normalization_of, read_split
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
 
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="DataLoader workers per process")
     parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this much training time (validate and save first); the learning "
+        "rate decays over this time when it ends before the epochs do",
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--resume", action="store_true", help="continue from RUN_DIR/checkpoint-last.pt if present"
@@ -87,6 +94,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "workers": "workers",
         "val_every": "val_every",
         "seed": "seed",
+        "time_limit": "time_limit_s",
     }
     return {
         field: getattr(args, arg) for arg, field in names.items() if getattr(args, arg) is not None
@@ -115,11 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def learning_rate_factor(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to `min_lr_ratio`."""
+def learning_rate_factor(
+    step: int, config: TrainConfig, total_steps: int, time_fraction: float = 0.0
+) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_lr_ratio`, by steps or by the fraction of
+    the time limit spent, whichever is further along."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    progress = max(progress, min(1.0, time_fraction))
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
         1 + math.cos(math.pi * progress)
     )
@@ -158,19 +170,22 @@ def train(
     sampler: DistributedSampler[int] = DistributedSampler(
         dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=True, seed=config.seed
     )
+    tagged = EpochTagged(sampler, len(dataset), config.repeats)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
-        sampler=sampler,
+        sampler=tagged,
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
-        drop_last=len(sampler) >= config.batch_size,
+        drop_last=len(tagged) >= config.batch_size,
+        persistent_workers=config.workers > 0,
     )
     val_shapes = PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True)
     val_loader = DataLoader(
         Subset(val_shapes, range(runtime.rank, len(val_shapes), runtime.world_size)),
         batch_size=config.batch_size,
         num_workers=config.workers,
+        persistent_workers=config.workers > 0,
     )
     steps_per_epoch = math.ceil(len(loader) / config.accumulation)
     total_steps = steps_per_epoch * config.epochs
@@ -180,8 +195,10 @@ def train(
         betas=(0.9, 0.95),
         weight_decay=config.weight_decay,
     )
+    clock = _TrainingClock(config.time_limit_s, runtime)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, config, total_steps)
+        optimizer,
+        lambda step: learning_rate_factor(step, config, total_steps, clock.fraction()),
     )
 
     start_epoch, step, best_iou, history = 0, 0, -1.0, []
@@ -195,6 +212,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
         best_iou, history = state["best_iou"], state["history"]
+        clock.earlier_s = state.get("elapsed_s", 0.0)
         _restore_rng(state["rng"])
         if runtime.is_main:
             print(f"resuming {last_path} after epoch {start_epoch}, step {step}", file=sys.stderr)
@@ -210,9 +228,10 @@ def train(
     trained = DistributedDataParallel(model) if runtime.distributed else model
     precision = autocast_dtype(config, device)
     writer = SummaryWriter(run_dir / "tensorboard") if runtime.is_main else None
+    clock.start()
+    saved_at = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch)
+        tagged.set_epoch(epoch)
         losses = []
         progress = tqdm(
             loader,
@@ -237,6 +256,7 @@ def train(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                clock.check()
             losses.append(loss.item())
             shapes_per_s = (
                 len(batch["inputs"]) * runtime.world_size / (time.perf_counter() - started)
@@ -248,14 +268,17 @@ def train(
                     writer.add_scalar(f"train/{name}", float(value), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 writer.add_scalar("train/shapes_per_s", shapes_per_s, step)
+            if clock.up:
+                break
 
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
             "train_loss": float(np.mean(losses)),
+            "elapsed_s": round(clock.elapsed(), 1),
         }
         validate = config.val_every > 0 and (
-            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs or clock.up
         )
         if validate:  # every rank takes its share of the shapes; counts are summed
             record["val"] = evaluate_model(
@@ -284,21 +307,68 @@ def train(
                 "step": step,
                 "best_iou": best_iou,
                 "history": history,
+                "elapsed_s": clock.elapsed(),
                 "rng": _rng_state(),
             }
-            _save(last_path, state)
+            final = epoch + 1 == config.epochs or clock.up
+            due = time.monotonic() - saved_at >= config.checkpoint_every_s
+            if validate or final or due:
+                _save(last_path, state)
+                saved_at = time.monotonic()
+                (run_dir / "history.json").write_text(json.dumps(history, indent=2))
+                plot_history(history, run_dir / "training_curve.png")
             if improved:
                 _save(best_path, state)
             _log_epoch(record, writer, wandb_run)
-            (run_dir / "history.json").write_text(json.dumps(history, indent=2))
-            plot_history(history, run_dir / "training_curve.png")
         if runtime.distributed:
             dist.barrier()
+        if clock.up:
+            if runtime.is_main:
+                tqdm.write(
+                    f"time limit of {config.time_limit_s:.0f} s reached after epoch {epoch + 1}, "
+                    f"step {step}: stopped (--resume with a larger --time-limit continues)",
+                    file=sys.stderr,
+                )
+            break
     if writer is not None:
         writer.close()
     if wandb_run is not None:
         wandb_run.finish()
     return history
+
+
+class _TrainingClock:
+    """Training time against `--time-limit`, counting a resumed run's earlier time.
+
+    Under DDP rank 0's clock decides (broadcast at each check), so every rank stops after the
+    same step.
+    """
+
+    def __init__(self, limit_s: float | None, runtime: distributed.Runtime) -> None:
+        self.limit_s = limit_s
+        self.runtime = runtime
+        self.earlier_s = 0.0
+        self.started = time.monotonic()
+        self.up = False
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.earlier_s + time.monotonic() - self.started
+
+    def fraction(self) -> float:
+        return self.elapsed() / self.limit_s if self.limit_s else 0.0
+
+    def check(self) -> None:
+        if self.limit_s is None:
+            return
+        up = self.elapsed() >= self.limit_s
+        if self.runtime.distributed:
+            flag = torch.tensor([float(up)], device=self.runtime.device)
+            dist.broadcast(flag, src=0)
+            up = bool(flag.item())
+        self.up = up
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -190,6 +190,7 @@ def reconstruct(
             "grid": {
                 "resolution": settings.resolution,
                 "evaluated_points": grid.evaluated,
+                "decoding": "dense" if grid.evaluated == settings.resolution**3 else "band",
                 "low": grid.low.tolist(),
                 "high": grid.high.tolist(),
             },
@@ -209,6 +210,8 @@ def reconstruct(
         report["summary"] = _summary(class_metrics)
     report["timings"] = {**clock.timings, "total_s": round(sum(clock.timings.values()), 3)}
     report["peak_memory_mb"] = peak_memory_mb()
+    if device.type == "cuda":
+        report["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     if progress is not None:
         progress("done", 1.0)
@@ -252,6 +255,10 @@ def encoder_inputs(
     return torch.from_numpy(points)[None], torch.from_numpy(labels)[None]
 
 
+DENSE_GPU_MAX_RESOLUTION = 256
+"""Largest grid decoded densely on a GPU (its query points alone are 0.4 GB at 256)."""
+
+
 def decode_latents(
     model: VecSetAutoencoder,
     latents: torch.Tensor,
@@ -259,10 +266,18 @@ def decode_latents(
     normalization: Normalization,
     resolution: int,
     truncation: float | None,
-    dense: bool = False,
+    dense: bool | None = None,
 ) -> SdfGrid:
-    """The per-class SDF of a latent set on a resolution^3 cube around the input's surfaces
-    (band decoding; `dense` evaluates every grid point, the reference for benchmarks)."""
+    """The per-class SDF of a latent set on a resolution^3 cube around the input's surfaces.
+
+    `dense` evaluates every grid point; None chooses by device: the narrow band on the CPU,
+    where the decoder's arithmetic is the cost, and the dense grid on a GPU up to resolution
+    256, where the band's bookkeeping on the CPU would be (on an H200 at 256: dense 2.1 s, band
+    12.1 s; BENCHMARKS.md). Above 256 the band also bounds the query points held at once.
+    """
+    device = latents.device
+    if dense is None:
+        dense = device.type == "cuda" and resolution <= DENSE_GPU_MAX_RESOLUTION
     low, high = normalization.bounds(surfaces)
     centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
     with torch.no_grad():
@@ -278,7 +293,7 @@ def decode_latents(
             centre + half,
             resolution,
             units_per_distance=1 / truncation if truncation else 1.0,
-            chunk=32_768,
+            chunk=262_144 if device.type == "cuda" else 32_768,
             dense=dense,
         )
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One short GPU lease, end to end: training data, training from the bundled checkpoint under a
+# time limit, export, and the GPU reconstruction latency. Everything it keeps goes to $OUT.
+#
+#   OUT=/tmp/gpu-out bash services/trainer/gpu_session.sh
+#
+# BUDGET_S is the whole script's wall time; training gets what the other steps leave
+# (RESERVE_S is kept for export and the latency benchmark). PHANTOMS, PREPARE_S (a cap on data
+# preparation: what is finished by then is used), DEVICE and LATENCY_REPEATS (0: no latency
+# benchmark) can be overridden for a dry run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:?set OUT to a folder for the results}
+BUDGET_S=${BUDGET_S:-540}
+RESERVE_S=${RESERVE_S:-150}
+PHANTOMS=${PHANTOMS:-200}
+PREPARE_S=${PREPARE_S:-110}
+DEVICE=${DEVICE:-cuda}
+WORKERS=${WORKERS:-15}
+CONFIG=${CONFIG:-services/trainer/configs/small-phantoms-gpu.yaml}
+DATA=${DATA:-/tmp/heartvec-data}
+RUN=${RUN:-/tmp/heartvec-run}
+export TQDM_MININTERVAL=${TQDM_MININTERVAL:-20} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+started=$SECONDS
+
+heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed 1000 --size 128 --spacing 2.0
+timeout "$PREPARE_S" heartvec prepare "$DATA/volumes" --out "$DATA/prepared" --workers "$WORKERS" \
+  || echo "prepare stopped at ${PREPARE_S} s: training on what was finished"
+find "$DATA/prepared" -name "*.npz" | wc -l
+heartvec split "$DATA/prepared" --val-fraction 0.1 --seed 0
+
+train_s=$((BUDGET_S - (SECONDS - started) - RESERVE_S))
+echo "training for ${train_s} s"
+heartvec train --data "$DATA/prepared" --out "$RUN" --config "$CONFIG" --device "$DEVICE" \
+  --init-from shared/heartvec/checkpoints/heartvec-small.pt --time-limit "$train_s"
+heartvec export-checkpoint "$RUN/checkpoint-best.pt" "$OUT/heartvec-small.pt"
+cp "$RUN/history.json" "$RUN/training_curve.png" "$OUT/"
+
+if [ "${LATENCY_REPEATS:-2}" -gt 0 ]; then
+  python3 bench/reconstruct.py --checkpoint "$OUT/heartvec-small.pt" --device "$DEVICE" \
+    --latency-only --repeats "${LATENCY_REPEATS:-2}"
+  cp bench/results/reconstruct_latency_"${DEVICE%%:*}".json "$OUT/"
+fi
+echo "done in $((SECONDS - started)) s"
