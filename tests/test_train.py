@@ -216,13 +216,15 @@ OVERFIT_CONFIG = "preset: tiny\ntrain: {learning_rate: 3.0e-3, min_lr_ratio: 0.3
 
 @pytest.mark.slow
 def test_tiny_overfits_one_phantom(tmp_path_factory: pytest.TempPathFactory, run_cli: CLI) -> None:
-    """`tiny` learns one phantom in 3,040 steps (about 5 minutes on 2 cores): whole-heart
+    """`tiny` learns one phantom in 3,040 steps (4-10 minutes on 2 cores): whole-heart
     volumetric sign IoU >= 0.95, and per-class mean >= 0.85 (thin vessels and the myocardium
     shell are the last to converge)."""
     root = tmp_path_factory.mktemp("overfit")
     assert run_cli("phantom", root / "volume", "--count", "1", "--seed", "5", "--size", "128",
                    "--spacing", "2.0")[0] == 0  # fmt: skip
-    assert run_cli("prepare", root / "volume", "--out", root / "data")[0] == 0
+    # 30k points of each kind instead of 100k: each step reads a third of the data (~18% faster)
+    points = ["--surface-points", "30000", "--vol-points", "30000", "--near-points", "30000"]
+    assert run_cli("prepare", root / "volume", "--out", root / "data", *points)[0] == 0
     (root / "data" / "train.csv").write_text("file\n" + "phantom_s0005.npz\n" * OVERFIT_COPIES)
     (root / "data" / "val.csv").write_text("file\nphantom_s0005.npz\n")
     run, config = root / "run", root / "overfit.yaml"
