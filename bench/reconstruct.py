@@ -78,15 +78,18 @@ def dense_vs_band(
         model, surfaces, normalization, np.random.default_rng(0)
     )
     truncation = state["train_config"].get("truncation")
-    timings = {}
     with torch.no_grad():
         latents = model.encode(points.to(device), labels.to(device))
+    dtype = pipeline.autocast_dtype("auto", torch.device(device))  # as `heartvec reconstruct`
+    timings: dict[str, float] = {"bf16": float(dtype is not None)}
     for dense in (False, True):
         _synchronize(device)
         started = time.perf_counter()
-        grid = pipeline.decode_latents(
-            model, latents, surfaces, normalization, resolution, truncation, dense=dense
-        )
+        with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
+                            enabled=dtype is not None):  # fmt: skip
+            grid = pipeline.decode_latents(
+                model, latents, surfaces, normalization, resolution, truncation, dense=dense
+            )
         _synchronize(device)
         key = "dense" if dense else "band"
         timings[f"{key}_s"] = time.perf_counter() - started
@@ -288,7 +291,8 @@ def update_benchmarks(results: dict[str, Any]) -> None:
         f"Measured {results['date']} on {results['machine']} by "
         f"`bench/reconstruct.py`, checkpoint `{results['checkpoint']}`; unseen phantoms "
         "(seeds the training set never had), 256^3 at 1 mm, quality runs at resolution "
-        f"{results['resolution']}; default settings = resolution 256, {steps} refinement steps.",
+        f"{results['resolution']}; default settings = resolution 256, {steps} refinement steps, "
+        f"decoding in {results['latency'].get('precision', 'fp32')} (`--precision auto`).",
         "",
         "| what | default settings | no refinement | target |",
         "|---|---|---|---|",

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
-from heartvec.reconstruction.pipeline import STAGES, ReconstructSettings, reconstruct
+from heartvec.reconstruction.pipeline import PRECISIONS, STAGES, ReconstructSettings, reconstruct
 from heartvec.settings import default_checkpoint
 
 
@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), "
+        "else fp32",
+    )
+    parser.add_argument(
         "--refine-steps",
         type=int,
         default=ReconstructSettings.refine_steps,
@@ -53,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 32 <= args.resolution <= 512 or args.refine_steps < 0:
         parser.error("need 32 <= --resolution <= 512 and --refine-steps >= 0")
-    settings = ReconstructSettings(args.resolution, args.refine_steps, args.device)
+    settings = ReconstructSettings(
+        args.resolution, args.refine_steps, args.device, precision=args.precision
+    )
     progress = tqdm(total=len(STAGES), desc="reconstruct", unit="stage")
 
     def advance(stage: str, fraction: float) -> None:
