@@ -8,6 +8,16 @@
 # (RESERVE_S is kept for export and the latency benchmark). PHANTOMS, PREPARE_S (a cap on data
 # preparation: what is finished by then is used), DEVICE and LATENCY_REPEATS (0: no latency
 # benchmark) can be overridden for a dry run.
+#
+# On a bare machine whose Python already has torch, numpy, scipy, scikit-image, matplotlib,
+# tensorboard, PyYAML and tqdm (the lent H200 had Python 3.12), bring the rest as wheels
+# (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl): nibabel,
+# fcpw, trimesh, rtree, pydantic, pydantic-core, pydantic-settings, annotated-types,
+# typing-inspection, typing-extensions, python-dotenv; then, from the repository root:
+#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer
+#   a `heartvec` on PATH: exec python3 -c "import sys; from heartvec.cli import main; sys.exit(main())" "$@"
+#   set -o pipefail; OUT=... bash services/trainer/gpu_session.sh 2>&1 | tee "$OUT/log.txt"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to a folder for the results}

@@ -266,7 +266,7 @@ def _run_jobs(jobs: list[PrepareJob], workers: int) -> list[dict[str, Any]]:
         if record["status"] != "ok":
             failed.append(record)
             tqdm.write(f"heartvec: error: {record['error']}", file=sys.stderr)
-        progress.set_postfix(failed=len(failed))
+        progress.set_postfix(failed=len(failed), refresh=False)
         progress.update()
 
     if workers == 1 or len(jobs) <= 1:

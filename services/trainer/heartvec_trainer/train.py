@@ -261,7 +261,11 @@ def train(
             shapes_per_s = (
                 len(batch["inputs"]) * runtime.world_size / (time.perf_counter() - started)
             )
-            progress.set_postfix(loss=f"{loss.item():.4f}", shapes_per_s=f"{shapes_per_s:.1f}")
+            # refresh=False: redraw at tqdm's own pace (mininterval, TQDM_MININTERVAL), not at
+            # every step, which filled a GPU run's log with thousands of lines
+            progress.set_postfix(
+                loss=f"{loss.item():.4f}", shapes_per_s=f"{shapes_per_s:.1f}", refresh=False
+            )
             if writer is not None:
                 writer.add_scalar("train/loss", loss.item(), step)
                 for name, value in terms.items():
