@@ -12,8 +12,8 @@ In one run:
 Each reconstruction runs `heartvec reconstruct` in a fresh process (clean peak memory).
 
 Usage: .venv/bin/python bench/reconstruct.py --checkpoint CKPT [--seeds 5000 5001 ...]
-       .venv/bin/python bench/reconstruct.py --device cuda --latency-only   (GPU latency,
-       results in bench/results/reconstruct_latency_cuda.json and a BENCHMARKS.md section)
+       .venv/bin/python bench/reconstruct.py --device cuda --latency-only   (GPU latency:
+       bench/results/reconstruct_latency_cuda.json and its own BENCHMARKS.md section)
 """
 
 from __future__ import annotations
@@ -85,8 +85,7 @@ def dense_vs_band(
     for dense in (False, True):
         _synchronize(device)
         started = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32,
-                            enabled=dtype is not None):  # fmt: skip
+        with pipeline.decode_autocast(dtype, torch.device(device)):
             grid = pipeline.decode_latents(
                 model, latents, surfaces, normalization, resolution, truncation, dense=dense
             )
@@ -143,7 +142,43 @@ def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
     name = device.split(":")[0]
     (out / f"reconstruct_latency_{name}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+    update_latency_section(results)
     return 0
+
+
+def update_latency_section(results: dict[str, Any]) -> None:
+    """BENCHMARKS.md's section of a `--latency-only` run (one per device kind)."""
+    name = results["device"].split(":")[0]
+    target = "<= 5 s on a GPU" if name == "cuda" else "<= 60 s on CPU"
+    runs, band = results["runs"], results["dense_vs_band"]
+    columns = " | ".join(f"run {i + 1}" for i in range(len(runs)))
+    lines = [
+        f"Measured {results['date']} by `bench/reconstruct.py --device {results['device']} "
+        f"--latency-only` on {results['device_name']}, checkpoint `{results['checkpoint']}`; "
+        f"phantom 5000, 256^3 at 1 mm, resolution 256, {results['default_refine_steps']} "
+        "refinement steps; each run a separate `heartvec reconstruct` process. Raw: "
+        f"`bench/results/reconstruct_latency_{name}.json`.",
+        "",
+        f"| what | {columns} | target |",
+        "|---|" + "---|" * len(runs) + "---|",
+        "| pipeline total | "
+        + " | ".join(f"{r['timings']['total_s']:.1f} s" for r in runs)
+        + f" | {target} |",
+        "| whole process | " + " | ".join(f"{r['wall_s']:.1f} s" for r in runs) + " | |",
+        "| stages | "
+        + " | ".join(
+            ", ".join(f"{k[:-2]} {v:.1f}" for k, v in r["timings"].items() if k != "total_s") + " s"
+            for r in runs
+        )
+        + " | |",
+        "| peak host memory | "
+        + " | ".join(f"{r['peak_memory_mb']:,} MB" for r in runs)
+        + " | < 6 GB |",
+        f"| decode, band vs dense grid (same latents) | band {band['band_s']:.1f} s "
+        f"({band['band_points']:,} points) vs dense {band['dense_s']:.1f} s "
+        f"({band['dense_points']:,} points) |" + " |" * len(runs),
+    ]
+    write_section(f"bench/reconstruct.py:latency_{name}", f"Reconstruction latency ({name})", lines)
 
 
 def main() -> int:

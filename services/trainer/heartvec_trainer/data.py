@@ -50,7 +50,7 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
     Every random draw of item i in epoch e comes from a generator seeded with (seed, e, i), so
     a resumed run sees exactly the data the uninterrupted run would have. The epoch travels in
     the index (`EpochTagged`: e * len + i), so DataLoader workers can stay alive across epochs
-    and still draw each epoch's own points; a plain index i means the epoch of `set_epoch`.
+    and still draw each epoch's own points; a plain index i < len draws as epoch 0.
 
     Args:
         files: `.npz` files in the training format.
@@ -67,17 +67,13 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
         self.num_inputs = num_inputs
         self.config = config
         self.evaluation = evaluation
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
         config = self.config
-        epoch, index = divmod(key, len(self.files)) if key >= len(self.files) else (self.epoch, key)
+        epoch, index = divmod(key, len(self.files))
         rng = np.random.default_rng([config.seed, epoch, index])
         with np.load(self.files[index]) as sample:
             surface_points = sample["surface_points"]

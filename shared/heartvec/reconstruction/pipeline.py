@@ -83,6 +83,11 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def decode_autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """The autocast context decoding runs under (`dtype` from `autocast_dtype`; None: fp32)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device`, or None for plain fp32."""
     if precision not in PRECISIONS:
@@ -179,9 +184,6 @@ def reconstruct(
         normalization = checkpoint_normalization(state, surfaces)
     dtype = autocast_dtype(settings.precision, device)
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
     with clock.stage("encode"):
         points, labels = encoder_inputs(model, surfaces, normalization, rng)
         with torch.no_grad():
@@ -200,7 +202,7 @@ def reconstruct(
                 truncation,
                 rng,
             )
-    with clock.stage("decode"), autocast():
+    with clock.stage("decode"), decode_autocast(dtype, device):
         grid = decode_latents(
             model, latents, surfaces, normalization, settings.resolution, truncation
         )
