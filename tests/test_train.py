@@ -107,6 +107,10 @@ def _rank_gradients(rank: int, world: int, init: str, batch_file: str, out: str)
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+    # as heartvec_trainer.distributed.stop does: without it, one rank could tear gloo down while
+    # the other still held its connection ("terminate called without an active exception",
+    # SIGABRT: seen once in a fresh-clone CI run)
+    dist.barrier()
     dist.destroy_process_group()
 
 
