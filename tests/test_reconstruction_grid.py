@@ -45,6 +45,28 @@ def test_band_points_grow_with_area_not_volume() -> None:
     assert 2.5 < fine / coarse < 5.5  # about 4x for twice the resolution (dense: 8x)
 
 
+def test_band_stays_narrow_for_a_flat_learned_like_sdf() -> None:
+    """A learned SDF is flatter than a distance (here 0.3x, truncated far out): the distance
+    test alone keeps most of the box, splitting fine cells on sign changes keeps the band
+    narrow, and the signs and meshes stay those of the dense grid."""
+
+    def flat(points: np.ndarray) -> np.ndarray:
+        return 0.3 * spheres(points)
+
+    low, high = np.full(3, -0.7), np.full(3, 0.7)
+    dense = decode_grid(flat, low, high, 129, units_per_distance=10, dense=True)
+    distance_only = decode_grid(flat, low, high, 129, units_per_distance=10, sign_levels=0)
+    band = decode_grid(flat, low, high, 129, units_per_distance=10)
+    assert band.evaluated < 0.5 * distance_only.evaluated
+    assert band.evaluated < 0.2 * dense.evaluated
+    for c in range(3):
+        assert np.array_equal(band.values[..., c] < 0, dense.values[..., c] < 0)
+        vb, fb, _, _ = marching_cubes(band.values[..., c], 0.0)
+        vd, fd, _, _ = marching_cubes(dense.values[..., c], 0.0)
+        np.testing.assert_allclose(vb, vd, atol=1e-4)
+        assert np.array_equal(fb, fd)
+
+
 def test_upsample2_is_trilinear() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 4))

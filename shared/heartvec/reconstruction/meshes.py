@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import torch
 from scipy.ndimage import affine_transform
 from skimage.measure import marching_cubes
 
@@ -71,13 +74,11 @@ def label_volume(grid: SdfGrid, normalization: Normalization, volume: LabelVolum
     block = tuple(int(n) for n in stop - start)
     best = np.full(block, np.inf, dtype=np.float32)
     best_class = np.zeros(block, dtype=np.uint8)
-    for c in range(grid.values.shape[-1]):
-        channel = grid.values[..., c]
-        if channel.min() >= 0:
-            continue  # no voxel of this class
+
+    def resampled(c: int) -> np.ndarray:
         # padded with 'outside' so the interpolation reads real values up to the grid's edge
-        padded = np.pad(channel.astype(np.float32), 1, constant_values=_OUTSIDE)
-        sdf = affine_transform(
+        padded = np.pad(grid.values[..., c].astype(np.float32), 1, constant_values=_OUTSIDE)
+        return affine_transform(
             padded,
             matrix,
             offset=matrix @ start + offset + 1,
@@ -87,9 +88,16 @@ def label_volume(grid: SdfGrid, normalization: Normalization, volume: LabelVolum
             cval=_OUTSIDE,
             prefilter=False,
         )
-        lower = sdf < best
-        best[lower] = sdf[lower]
-        best_class[lower] = c + 1
+
+    channels = [c for c in range(grid.values.shape[-1]) if grid.values[..., c].min() < 0]
+    workers = max(1, min(torch.get_num_threads(), 4))  # scipy releases the GIL here
+    with ThreadPoolExecutor(workers) as pool:
+        for first in range(0, len(channels), workers):  # a few classes' volumes at a time
+            batch = channels[first : first + workers]
+            for c, sdf in zip(batch, pool.map(resampled, batch), strict=True):
+                lower = sdf < best
+                best[lower] = sdf[lower]
+                best_class[lower] = c + 1
     best_class[best >= 0] = 0
     labels[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = best_class
     return labels

@@ -332,7 +332,7 @@ def decode_latents(
             centre + half,
             resolution,
             units_per_distance=1 / truncation if truncation else 1.0,
-            chunk=262_144 if device.type == "cuda" else 32_768,
+            chunk=262_144 if device.type == "cuda" else 8_192,
             dense=dense,
         )
 

@@ -13,7 +13,7 @@ from heartvec.reconstruction.export import class_colour
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
-_MAX_FACES = 15000  # per class in the 3-D view: enough to read the shape, quick to draw
+_MAX_FACES = 5000  # per class in the 3-D view: enough to read the shape, quick to draw (1 s)
 
 
 def render_preview(
