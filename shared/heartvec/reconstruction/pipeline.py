@@ -30,6 +30,7 @@ from heartvec.normalization import (
     fitted_normalization,
     fixed_normalization,
 )
+from heartvec.reconstruction import defaults
 from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid
@@ -62,8 +63,8 @@ class ReconstructSettings:
         measurable, at 1.8x the decoding speed on an AVX512-BF16 CPU (BENCHMARKS.md).
     """
 
-    resolution: int = 256
-    refine_steps: int = 40  # chosen by bench/reconstruct.py (BENCHMARKS.md)
+    resolution: int = defaults.RESOLUTION
+    refine_steps: int = defaults.REFINE_STEPS
     device: str = "cpu"
     seed: int = 0
     precision: str = "auto"

@@ -17,7 +17,8 @@ from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
 POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
-BATCH = {"surface": 1024, "queries": 2048}  # fit points per step, drawn afresh each step
+BATCH = {"surface": 512, "queries": 1024}  # fit points per step, drawn afresh each step
+# (twice these fitted no better on unseen phantoms, at twice the cost; BENCHMARKS.md)
 
 
 def _targets(
@@ -85,7 +86,7 @@ def refine_latents(
     steps: int,
     truncation: float | None,
     rng: np.random.Generator,
-    learning_rate: float = 3e-2,
+    learning_rate: float = 6e-2,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adam on the latent set for `steps` steps; returns it and a record of the fit.
 

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from heartvec.jobs.models import FINISHED, JobStatus, new_job_id
 from heartvec.labels import BUILTIN_TABLES, load_label_table
 from heartvec.logs import current_job
+from heartvec.reconstruction import defaults
 from heartvec.volume import scan_label_file
 from heartvec_api.deps import ServicesDep, require_api_key
 from heartvec_api.schemas import JobList, JobPublic
@@ -25,8 +26,8 @@ router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 OPTION_DEFAULTS: dict[str, Any] = {
     "labels": "default",
     "ignore_unknown_labels": False,
-    "resolution": 256,
-    "refine_steps": 40,
+    "resolution": defaults.RESOLUTION,
+    "refine_steps": defaults.REFINE_STEPS,
 }
 _UPLOAD_SCHEMA = {
     "required": True,

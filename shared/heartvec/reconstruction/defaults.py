@@ -1,0 +1,5 @@
+"""Defaults of a reconstruction, shared by the CLI, the worker and the API (which must not
+import torch to know them)."""
+
+RESOLUTION = 256
+REFINE_STEPS = 25  # chosen by bench/reconstruct.py within the latency target (BENCHMARKS.md)
