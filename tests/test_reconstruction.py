@@ -185,3 +185,21 @@ def test_bf16_decoding_matches_fp32(trained: tuple[Path, Path], tmp_path: Path) 
     with pytest.raises(InputError, match="precision"):
         reconstruct(phantom, tmp_path / "x", load_label_table("default"), checkpoint,
                     ReconstructSettings(resolution=64, precision="fp8"))  # fmt: skip
+
+
+def test_refinement_adam_is_torch_adam() -> None:
+    """refine.Adam (kept out of torch.optim for its import time) takes torch.optim.Adam's
+    steps on a badly scaled quadratic."""
+    from heartvec.reconstruction.refine import Adam
+
+    scale = torch.tensor([[1.0, 30.0, 0.01]])
+    ours = torch.tensor([[1.0, -2.0, 3.0]], requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    optimizers = (Adam(ours, lr=6e-2), torch.optim.Adam([theirs], lr=6e-2))
+    for _ in range(50):
+        for parameter, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            ((scale * parameter) ** 2).sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.equal(ours.detach(), torch.tensor([[1.0, -2.0, 3.0]]))

@@ -2,4 +2,4 @@
 import torch to know them)."""
 
 RESOLUTION = 256
-REFINE_STEPS = 25  # chosen by bench/reconstruct.py within the latency target (BENCHMARKS.md)
+REFINE_STEPS = 20  # chosen by bench/reconstruct.py within the latency target (BENCHMARKS.md)

@@ -102,6 +102,16 @@ _NEW_POINTS = _NEW_POINTS[(_NEW_POINTS % 2).any(axis=1)]  # the 19 a split adds 
 _NEIGHBOURS = np.concatenate([np.eye(3, dtype=int), -np.eye(3, dtype=int)])
 
 
+def _unique(flat: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array: sort and compare neighbours, which is 70x
+    faster here than numpy 2's hash-based `np.unique` (2.7 s -> 0.04 s for 2.8M indices)."""
+    ordered = np.sort(flat)
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 class _Splitter:
     """Splits cells of one level: evaluates the new points of each cell once (a point shared
     by neighbouring cells too), writing them into `values`, the level's upsampled grid."""
@@ -128,7 +138,7 @@ class _Splitter:
             return
         self.done[tuple(cells.T)] = True
         index = (cells[:, None, :] * 2 + _NEW_POINTS[None]).reshape(-1, 3)
-        flat = np.unique(np.ravel_multi_index(index.T, (self.count,) * 3))
+        flat = _unique(np.ravel_multi_index(index.T, (self.count,) * 3))
         flat = flat[~self.known.reshape(-1)[flat]]
         for start in range(0, len(flat), self.chunk):
             i, j, k = np.unravel_index(flat[start : start + self.chunk], (self.count,) * 3)
@@ -144,7 +154,7 @@ class _Splitter:
         continues into them."""
         around = (cells[:, None, :] + _NEIGHBOURS[None]).reshape(-1, 3)
         around = around[np.all((around >= 0) & (around < self.cells), axis=1)]
-        flat = np.unique(np.ravel_multi_index(around.T, (self.cells,) * 3))
+        flat = _unique(np.ravel_multi_index(around.T, (self.cells,) * 3))
         candidates = np.stack(np.unravel_index(flat, (self.cells,) * 3), axis=1)
         candidates = candidates[~self.done[tuple(candidates.T)]]
         crossed = np.zeros(len(candidates), dtype=bool)
@@ -201,7 +211,8 @@ def decode_grid(
         coarsest: at least this many cells per axis on the first level.
         chunk: points per call of `sdf_at`.
         dense: evaluate every fine point (the reference the band is measured against).
-        sign_levels: finest levels that follow sign changes (0: the distance test everywhere).
+        sign_levels: finest levels that follow sign changes (0: the distance test everywhere;
+            `heartvec reconstruct` chooses by the cells' width in mm, `tracked_levels`).
     """
     low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     counts = (resolution,) * 3
@@ -230,5 +241,5 @@ def decode_grid(
             active = split.crossed_neighbours(active)
             split(active)
         evaluated += split.evaluated
-    values = np.ascontiguousarray(values[:resolution, :resolution, :resolution])
+    values = values[:resolution, :resolution, :resolution]  # a view: a copy took 2 s at 256
     return SdfGrid(values, low, high, evaluated)

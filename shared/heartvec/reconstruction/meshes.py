@@ -23,18 +23,18 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
     The grid is padded with 'outside' so a surface touching its border still closes.
     """
     meshes = {}
-    for channel in range(grid.values.shape[-1]):
-        inside = grid.values[..., channel] < 0
-        if not inside.any():
-            continue
+    negative = grid.values < 0
+    # per axis and class: does any grid point of that slab lie inside (one pass for all classes)
+    extent = [negative.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
         # marching cubes on the box around this class only (one voxel wider on each side: the
         # zero level lies between a negative point and its neighbours)
         box: list[slice] = []
         for axis in range(3):
-            hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+            hits = np.flatnonzero(extent[axis][:, channel])
             box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
         values = grid.values[box[0], box[1], box[2], channel].astype(np.float32)
-        outside = max(float(grid.values[..., channel].max()), 1.0)
+        outside = max(float(values.max()), 1.0)
         padded = np.pad(values, 1, constant_values=outside)
         vertices, faces, _, _ = marching_cubes(padded, level=0.0)
         origin = np.array([b.start for b in box])
@@ -89,7 +89,7 @@ def label_volume(grid: SdfGrid, normalization: Normalization, volume: LabelVolum
             prefilter=False,
         )
 
-    channels = [c for c in range(grid.values.shape[-1]) if grid.values[..., c].min() < 0]
+    channels = [int(c) for c in np.flatnonzero((grid.values < 0).any(axis=(0, 1, 2)))]
     workers = max(1, min(torch.get_num_threads(), 4))  # scipy releases the GIL here
     with ThreadPoolExecutor(workers) as pool:
         for first in range(0, len(channels), workers):  # a few classes' volumes at a time

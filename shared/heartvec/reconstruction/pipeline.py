@@ -298,6 +298,17 @@ def encoder_inputs(
 DENSE_GPU_MAX_RESOLUTION = 256
 """Largest grid decoded densely on a GPU (its query points alone are 0.4 GB at 256)."""
 
+TRACKED_CELL_MM = 5.0
+"""Band cells up to this wide follow the surfaces by sign changes; wider ones keep the distance
+test, which finds a structure that lies between their corners. About the width of the
+thinnest vessels, which all join a chamber, so a surface followed from there reaches them."""
+
+
+def tracked_levels(spacing_mm: float) -> int:
+    """How many of the band's finest levels (cells 2, 4, 8 ... grid spacings wide) have cells
+    at most TRACKED_CELL_MM wide; at least the finest."""
+    return max(1, int(np.floor(np.log2(TRACKED_CELL_MM / spacing_mm))))
+
 
 def decode_latents(
     model: VecSetAutoencoder,
@@ -335,6 +346,7 @@ def decode_latents(
             units_per_distance=1 / truncation if truncation else 1.0,
             chunk=262_144 if device.type == "cuda" else 8_192,
             dense=dense,
+            sign_levels=tracked_levels(2 * half * normalization.scale / (resolution - 1)),
         )
 
 
