@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import binary_dilation
 
 SdfFunction = Callable[[np.ndarray], np.ndarray]
 """(N, 3) normalized points -> (N, C) SDF, in units where |value| is comparable to distance
@@ -71,10 +70,10 @@ def upsample2(values: np.ndarray) -> np.ndarray:
     return values
 
 
-def active_cells(values: np.ndarray, threshold: float | None, dilate: int = 0) -> np.ndarray:
+def active_cells(values: np.ndarray, threshold: float | None) -> np.ndarray:
     """(A, 3) indices of the cells of a (n, n, n, C) grid that some class's zero level may
     cross: a sign change across its 8 corners or, when `threshold` is given, a corner closer
-    than `threshold` to it; `dilate` adds the cells up to that many steps away (6-neighbours)."""
+    than `threshold` to it."""
     n = values.shape[0]
     low = np.full(values[:-1, :-1, :-1].shape, np.inf, dtype=values.dtype)
     high = np.full_like(low, -np.inf)
@@ -90,15 +89,12 @@ def active_cells(values: np.ndarray, threshold: float | None, dilate: int = 0) -
     crossing = (low < 0) & (high > 0)
     if closest is not None:
         crossing |= closest < threshold
-    active = crossing.any(axis=-1)
-    if dilate:
-        active = binary_dilation(active, iterations=dilate)
-    return np.argwhere(active)
+    return np.argwhere(crossing.any(axis=-1))
 
 
-_NEW_POINTS = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
-_CELL_POINTS = _NEW_POINTS.copy()  # the 27 points of a split cell (offsets at the finer level)
-_NEW_POINTS = _NEW_POINTS[(_NEW_POINTS % 2).any(axis=1)]  # the 19 a split adds to its corners
+_CELL_POINTS = np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+"""The 27 points of a split cell, as offsets on the finer level's grid from its first corner."""
+_NEW_POINTS = _CELL_POINTS[(_CELL_POINTS % 2).any(axis=1)]  # the 19 a split adds to its corners
 _NEIGHBOURS = np.concatenate([np.eye(3, dtype=int), -np.eye(3, dtype=int)])
 
 
@@ -138,7 +134,7 @@ class _Splitter:
             return
         self.done[tuple(cells.T)] = True
         index = (cells[:, None, :] * 2 + _NEW_POINTS[None]).reshape(-1, 3)
-        flat = _unique(np.ravel_multi_index(index.T, (self.count,) * 3))
+        flat = _unique(np.asarray(np.ravel_multi_index(index.T, (self.count,) * 3)))
         flat = flat[~self.known.reshape(-1)[flat]]
         for start in range(0, len(flat), self.chunk):
             i, j, k = np.unravel_index(flat[start : start + self.chunk], (self.count,) * 3)
@@ -154,7 +150,7 @@ class _Splitter:
         continues into them."""
         around = (cells[:, None, :] + _NEIGHBOURS[None]).reshape(-1, 3)
         around = around[np.all((around >= 0) & (around < self.cells), axis=1)]
-        flat = _unique(np.ravel_multi_index(around.T, (self.cells,) * 3))
+        flat = _unique(np.asarray(np.ravel_multi_index(around.T, (self.cells,) * 3)))
         candidates = np.stack(np.unravel_index(flat, (self.cells,) * 3), axis=1)
         candidates = candidates[~self.done[tuple(candidates.T)]]
         crossed = np.zeros(len(candidates), dtype=bool)

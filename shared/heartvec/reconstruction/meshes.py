@@ -25,7 +25,9 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
     meshes = {}
     negative = grid.values < 0
     # per axis and class: does any grid point of that slab lie inside (one pass for all classes)
-    extent = [negative.any(axis=tuple(a for a in range(3) if a != axis)) for axis in range(3)]
+    extent = [
+        np.asarray(negative.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    ]
     for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
         # marching cubes on the box around this class only (one voxel wider on each side: the
         # zero level lies between a negative point and its neighbours)
