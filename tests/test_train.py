@@ -215,7 +215,10 @@ def test_yaml_config_overrides_a_preset(dataset: Path, tmp_path: Path, run_cli: 
 
 
 OVERFIT_COPIES, OVERFIT_EPOCHS = 32, 190  # 16 steps an epoch at batch 2: 3,040 steps
-OVERFIT_CONFIG = "preset: tiny\ntrain: {learning_rate: 3.0e-3, min_lr_ratio: 0.3, workers: 0}\n"
+OVERFIT_CONFIG = (  # checkpoints every 30 s, not after each of the 190 short epochs
+    "preset: tiny\ntrain: {learning_rate: 3.0e-3, min_lr_ratio: 0.3, workers: 0,\n"
+    "        checkpoint_every_s: 30}\n"
+)
 
 
 @pytest.mark.slow
