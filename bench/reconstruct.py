@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ from heartvec.labels import load_label_table
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
 from heartvec.phantom import make_phantom
 from heartvec.reconstruction import pipeline
-from heartvec.reconstruction.pipeline import ReconstructSettings
+from heartvec.reconstruction.pipeline import ReconstructSettings, cpu_has_native_bf16
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import load_label_volume
@@ -103,6 +104,24 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_description() -> str:
+    """The CPU model, its cores and whether it has native bf16: the latency depends on it (AMX /
+    AVX512-BF16 machines decode in bf16 under `--precision auto`, others in fp32)."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    return (
+        f"{model} ({platform.machine()}, {os.cpu_count()} cores, {bf16}), "
+        f"{torch.get_num_threads()} torch threads"
+    )
+
+
 def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
     """Latency of one 256^3 phantom at resolution 256 with default settings on `device`, as
     separate `heartvec reconstruct` processes (the first pays CUDA start-up), and the band vs
@@ -110,7 +129,9 @@ def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "device_name": (
+            torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
+        ),
         "checkpoint": str(checkpoint),
         "default_refine_steps": ReconstructSettings.refine_steps,
     }
@@ -202,7 +223,7 @@ def main() -> int:
         return latency_only(checkpoint, args.device, args.repeats)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": cpu_description(),
         "checkpoint": str(
             checkpoint.resolve().relative_to(REPO)
             if checkpoint.resolve().is_relative_to(REPO)

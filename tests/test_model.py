@@ -1,4 +1,5 @@
-"""The VecSet autoencoder's parts: FPS, shapes, the finite-difference eikonal term."""
+"""The VecSet autoencoder's parts: FPS, shapes, the finite-difference eikonal term, the sign
+term."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.sampling import balanced_surface_subsample, farthest_point_sampling
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer.config import TRAIN_PRESETS
-from heartvec_trainer.losses import _eikonal, eikonal_queries
+from heartvec_trainer.losses import _eikonal, eikonal_queries, sign_loss, training_loss
 
 
 def test_fps_spreads_points_better_than_random() -> None:
@@ -73,6 +74,39 @@ def test_eikonal_is_zero_for_a_true_distance_field() -> None:
     sdf = centres[..., :1].expand(-1, -1, 10) * 0  # all inside the band
     assert float(_eikonal(prediction, sdf, config)) < 1e-6
     assert float(_eikonal(2 * prediction, sdf, config)) > 0.9
+
+
+def test_sign_term_counts_sign_errors_that_l1_barely_sees() -> None:
+    """A thin class predicted slightly outside everywhere: L1 hardly changes, the sign term
+    jumps; and the term only enters the loss when its weight is set."""
+    depth = torch.linspace(-0.04, 0.04, 101)  # true SDF across a wall 0.08 wide (truncated units)
+    sdf = depth.view(1, -1, 1)
+    right, wrong = sdf.clone(), sdf.abs() + 0.01  # `wrong`: inside points predicted outside
+    l1_gap = float((wrong - sdf).abs().mean() - (right - sdf).abs().mean())
+    sign_gap = float(sign_loss(wrong, sdf, 0.01) - sign_loss(right, sdf, 0.01))
+    assert l1_gap < 0.04 and sign_gap > 30 * l1_gap
+    assert float(sign_loss(sdf * 100, sdf, 0.01)) < 0.02  # confident and right: near zero
+
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    config = TRAIN_PRESETS["tiny"]
+    model = VecSetAutoencoder(MODEL_PRESETS["tiny"])
+    inputs = MODEL_PRESETS["tiny"].num_inputs
+    batch = {
+        "inputs": torch.rand(1, inputs, 3) * 2 - 1,
+        "input_labels": torch.randint(1, 11, (1, inputs)),
+        "vol_points": torch.rand(1, 64, 3) * 2 - 1,
+        "vol_sdf": torch.randn(1, 64, 10) * 0.1,
+        "near_points": torch.rand(1, 64, 3) * 2 - 1,
+        "near_sdf": torch.randn(1, 64, 10) * 0.05,
+        "surface_points": torch.rand(1, 32, 3) * 2 - 1,
+        "surface_labels": torch.randint(1, 11, (1, 32)),
+    }
+    loss, terms, _ = training_loss(model, batch, config)
+    assert "sign" not in terms
+    signed, signed_terms, _ = training_loss(model, batch, replace(config, weight_sign=0.5))
+    torch.testing.assert_close(signed, loss + 0.5 * signed_terms["sign"])
 
 
 def test_activation_checkpointing_changes_nothing_but_memory() -> None:

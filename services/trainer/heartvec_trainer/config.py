@@ -29,6 +29,8 @@ class TrainConfig:
         eikonal_step: central-difference step, normalized units.
         truncation: SDF targets clamped to +-truncation and divided by it (None: raw SDF).
         weight_*: loss weights.
+        sign_temperature: the sign term's occupancy is sigmoid(-prediction / sign_temperature)
+            (prediction in target units: +-1 at the truncation distance).
         augment: random similarity transform per shape and step (off by default: hearts come
             anatomically aligned); `augment_rotation_deg` and `augment_scale` bound it.
         val_every: validate every N epochs (0: never).
@@ -64,6 +66,8 @@ class TrainConfig:
     weight_near: float = 10.0
     weight_surface: float = 10.0
     weight_eikonal: float = 0.001
+    weight_sign: float = 0.0
+    sign_temperature: float = 0.1
     augment: bool = False
     augment_rotation_deg: float = 10.0
     augment_scale: float = 0.1
