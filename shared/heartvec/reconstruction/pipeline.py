@@ -211,7 +211,7 @@ def reconstruct(
     with clock.stage("meshes"):
         meshes = {c: m for c, m in class_meshes(grid, normalization).items() if c in present}
     with clock.stage("labels"):
-        classes = label_volume(grid, normalization, volume)
+        classes = label_volume(grid, normalization, volume, device)
         classes[~np.isin(classes, list(present))] = 0
     with clock.stage("write"):
         out_dir.mkdir(parents=True, exist_ok=True)
