@@ -3,9 +3,13 @@
 Reads the training run (history.json, TensorBoard event times, training_curve.png), evaluates
 the exported checkpoint on the run's validation split with `heartvec evaluate`, and rewrites
 its section of BENCHMARKS.md; the curve is copied to bench/results/bundled_training_curve.png.
+A checkpoint trained in stages (`--init-from` the previous one) names its recipe and the
+record of the stage before (`--parent`, a JSON file in bench/results: the run folders of
+earlier sessions are gone, their figures are not).
 
 Usage: .venv/bin/python bench/bundled_checkpoint.py --run RUN_DIR --data PREPARED_DIR
            [--checkpoint shared/heartvec/checkpoints/heartvec-small.pt]
+           [--recipe CONFIG.yaml --parent bench/results/bundled_stage1.json --machine TEXT]
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from benchmarks_md import write_section
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -43,11 +49,34 @@ def training_hours(run: Path) -> float:
     return total / 3600
 
 
+def _data_description(prepared: Path) -> str:
+    """'N phantoms, seeds A-B, SIZE^3 at S mm, T train / V validation' from a prepared folder."""
+    names = sorted(prepared.glob("*.npz"))
+    seeds = sorted(int(m.group(1)) for n in names if (m := re.search(r"_s(\d+)$", n.stem)))
+    counts = {}
+    for split in ("train", "val"):
+        rows = (prepared / f"{split}.csv").read_text().splitlines()
+        counts[split] = sum(1 for row in rows[1:] if row.strip())
+    grid = ""
+    if names:
+        with np.load(names[0]) as first:
+            grid = f", {int(first['shape'][0])}^3 at {float(first['spacing'][0]):g} mm"
+    span = f", seeds {seeds[0]}-{seeds[-1]}" if seeds else ""
+    return (
+        f"{len(names)} phantoms{span}{grid}, {counts['train']} train / {counts['val']} validation"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT)
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="the run's config YAML")
+    parser.add_argument("--parent", type=Path, help="JSON record of the stage it started from")
+    parser.add_argument(
+        "--machine", default="the development machine (2 CPU cores, no GPU)", help="where it ran"
+    )
     args = parser.parse_args()
     history: list[dict[str, Any]] = json.loads((args.run / "history.json").read_text())
     evaluation = json.loads(
@@ -63,25 +92,36 @@ def main() -> int:
     (out / "bundled_checkpoint.json").write_text(json.dumps(evaluation, indent=2))
     validated = [h for h in history if "val" in h]
     best = max(validated, key=lambda h: h["val"]["mean_iou"])
-    recipe = [line[2:] for line in RECIPE.read_text().splitlines() if line.startswith("#   ")]
     size_mb = args.checkpoint.stat().st_size / 2**20
+    recipe_path = args.recipe.resolve().relative_to(REPO)
     lines = [
         f"Written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} by "
-        "`bench/bundled_checkpoint.py`. Trained on the development machine (2 CPU cores, no GPU).",
+        "`bench/bundled_checkpoint.py`.",
         "",
-        "Recipe (`services/trainer/configs/small-phantoms.yaml`, seed 0; data: 48 phantoms, "
-        "seeds 1000-1047, 128^3 at 2 mm, 44 train / 4 validation):",
+    ]
+    if args.parent is not None:
+        parent = json.loads(args.parent.read_text())
+        lines += [
+            f"Trained in two stages. **Stage 1** (`{parent['recipe']}`, seed 0; data: "
+            f"{parent['data']}; {parent['machine']}): {parent['steps']:,} steps, "
+            f"{parent['epochs']} epochs, {parent['hours']:.2f} h, best validation mean IoU "
+            f"{parent['best_val_mean_iou']:.3f} (epoch {parent['best_epoch']}; sha256 "
+            f"`{parent['sha256'][:16]}...`). **Stage 2** below continues it with `--init-from`.",
+            "",
+        ]
+    lines += [
+        f"Recipe (`{recipe_path}`, seed 0; data: {_data_description(args.data)}; {args.machine}):",
         "",
         "```bash",
-        *recipe,
+        *[line[2:] for line in args.recipe.read_text().splitlines() if line.startswith("#   ")],
         "```",
         "",
         "| what | value |",
         "|---|---|",
-        f"| checkpoint | `{args.checkpoint.relative_to(REPO)}`, {size_mb:.1f} MB (float16), "
-        f"sha256 `{evaluation['checkpoint_sha256'][:16]}...` |",
-        f"| training | {history[-1]['step']:,} steps, {history[-1]['epoch']} epochs, "
-        f"{training_hours(args.run):.2f} h on CPU |",
+        f"| checkpoint | `{args.checkpoint.resolve().relative_to(REPO)}`, {size_mb:.1f} MB "
+        f"(float16), sha256 `{evaluation['checkpoint_sha256'][:16]}...` |",
+        f"| training{' (stage 2)' if args.parent else ''} | {history[-1]['step']:,} steps, "
+        f"{history[-1]['epoch']} epochs, {training_hours(args.run):.2f} h |",
         f"| best validation mean IoU (all classes, volumetric) | {best['val']['mean_iou']:.3f} "
         f"(epoch {best['epoch']}) |",
         f"| exported checkpoint on validation: mean IoU / near-surface IoU / whole-heart IoU | "

@@ -277,6 +277,26 @@ def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli
                              "small", "--epochs", "1", "--init-from", exported)  # fmt: skip
     assert status == 2 and "another model config" in err
 
+    # several checkpoints: the average of their weights (float32 kept to compare exactly)
+    third = tmp_path / "third"
+    seed = ["--seed", "1"]  # another run: other weights
+    assert run_cli("train", "--data", dataset, "--out", third, *FAST, *epochs, *seed)[0] == 0
+    averaged = tmp_path / "averaged.pt"
+    status, out, err = run_cli("export-checkpoint", first / "checkpoint-last.pt",
+                               third / "checkpoint-last.pt", averaged, "--float32")  # fmt: skip
+    assert status == 0 and "the average of 2" in out, err
+    a, b = (load_checkpoint(r / "checkpoint-last.pt")["model"] for r in (first, third))
+    mean = load_checkpoint(averaged)["model"]
+    assert not torch.equal(a["head.1.weight"], b["head.1.weight"])
+    for name in a:
+        torch.testing.assert_close(mean[name], (a[name] + b[name]) / 2)
+    small = tmp_path / "small"
+    assert run_cli("train", "--data", dataset, "--out", small, "--config", "small",
+                   "--epochs", "1", "--val-every", "0", "--batch-size", "1")[0] == 0  # fmt: skip
+    status, _, err = run_cli("export-checkpoint", first / "checkpoint-last.pt",
+                             small / "checkpoint-last.pt", tmp_path / "x.pt")  # fmt: skip
+    assert status == 2 and "cannot average" in err
+
 
 def test_time_limit_stops_validates_and_decays_the_learning_rate(
     dataset: Path, tmp_path: Path, run_cli: CLI

@@ -3,6 +3,11 @@
 Keeps what reconstruction needs (weights, model config, class names, the data's normalization,
 training settings and history for provenance), drops the optimizer and RNG state, and stores
 the weights in float16 (half the size; reconstruction computes in float32).
+
+Given several checkpoints of one run (`A.pt B.pt ... OUT.pt`), it writes the average of their
+weights (stochastic weight averaging): on a noisy CPU run, snapshots of the last stretch
+averaged gave the Dice of the best single checkpoint from earlier snapshots (BENCHMARKS.md).
+The other fields come from the last one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from heartvec.errors import InputError
 from heartvec.model.checkpoint import load_checkpoint, save_checkpoint
 
 KEPT = (
@@ -33,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="heartvec export-checkpoint",
         description="Write a weights-only float16 copy of a training checkpoint for shipping.",
     )
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by heartvec train")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="+",
+        help="a checkpoint written by heartvec train; several: their weights are averaged",
+    )
     parser.add_argument("out", type=Path, help="where to write the exported checkpoint")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights")
     return parser
@@ -41,14 +52,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    state = load_checkpoint(args.checkpoint)
+    states = [load_checkpoint(path) for path in args.checkpoint]
+    state = states[-1]
+    for path, other in zip(args.checkpoint, states, strict=True):
+        if other["model_config"] != state["model_config"] or list(other["class_names"]) != list(
+            state["class_names"]
+        ):
+            raise InputError(
+                path, f"model or classes differ from {args.checkpoint[-1]}: cannot average them"
+            )
     dtype = torch.float32 if args.float32 else torch.float16
     weights = {
-        name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+        name: (
+            torch.stack([s["model"][name].double() for s in states]).mean(dim=0).to(dtype)
+            if tensor.is_floating_point()
+            else tensor
+        )
         for name, tensor in state["model"].items()
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, {**{k: state[k] for k in KEPT if k in state}, "model": weights})
     size_mb = args.out.stat().st_size / 2**20
-    print(f"wrote {args.out} ({size_mb:.1f} MB, epoch {state.get('epoch')}, {dtype})")
+    averaged = f", the average of {len(states)}" if len(states) > 1 else ""
+    print(f"wrote {args.out} ({size_mb:.1f} MB, epoch {state.get('epoch')}, {dtype}{averaged})")
     return 0
