@@ -338,3 +338,21 @@ def test_repeats_make_each_pass_its_own_epoch_of_draws(dataset: Path) -> None:
     # epoch 0 of one pass draws what plain indices draw (runs before this change resume alike)
     plain = EpochTagged(DistributedSampler(shapes, 1, 0, shuffle=True, seed=0), size)
     assert sorted(plain) == list(range(size))
+
+
+CONFIGS = sorted((REPO / "services" / "trainer" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_load_and_their_recipes_name_real_files(config: Path) -> None:
+    """The recipes in services/trainer/configs are what BENCHMARKS.md and the GPU script run."""
+    from heartvec_trainer.config import load_config
+
+    preset, _, train = load_config(str(config))
+    assert preset == "small" and train.epochs > 0
+    recipe = [line for line in config.read_text().splitlines() if line.startswith("#   heartvec")]
+    assert any(f"--config {config.relative_to(REPO)}" in line for line in recipe)
+    for line in recipe:
+        for word in line.split():
+            if word.startswith(("services/", "shared/")):
+                assert (REPO / word).exists(), f"{config.name}: {word} does not exist"
