@@ -1,13 +1,13 @@
 """The training objective: L1 on truncated per-class SDF at volume, near and surface points,
 an eikonal term by finite differences, and (when `weight_sign` > 0) a sign term.
 
-Why a sign term: Dice and IoU count signs, and L1 on the truncated SDF does not. Where the
-model is unsure, L1 pulls a prediction to the median of what it has seen, which for a vessel
-2-3 voxels wide is "outside": the loss falls while thin classes vanish. Two warm starts of the
-bundled checkpoint lowered the validation loss and lost IoU (BENCHMARKS.md). The sign term is
-binary cross-entropy of the occupancy `sigmoid(-prediction / sign_temperature)` against
-`true SDF < 0` at volume and near points, what occupancy networks (and the first
-3DShape2VecSet) train on.
+Why a sign term: Dice and IoU count signs, and L1 on the truncated SDF does not; two warm
+starts of the bundled checkpoint lowered the validation loss and lost IoU (BENCHMARKS.md). The
+sign term is binary cross-entropy of the occupancy `sigmoid(-prediction / sign_temperature)`
+against `true SDF < 0` at volume and near points, what occupancy networks (and the first
+3DShape2VecSet) train on. Its effect alone is not measured: the run that used it (the bundled
+checkpoint's second stage) gained on the large structures and lost on the thin veins, whose
+inside points are rare in an unweighted mean.
 
 Why finite differences: an autograd eikonal term needs a double backward through every
 attention layer, which the fused SDPA kernels do not support; the previous attempt wrote
