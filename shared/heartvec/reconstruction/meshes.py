@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def label_volume(
     normalization: Normalization,
     volume: LabelVolume,
     device: torch.device | str = "cpu",
-    resampler: str = "auto",
+    resampler: Literal["auto", "scipy", "torch"] = "auto",
 ) -> np.ndarray:
     """Class index per voxel of the input grid: the class whose SDF is lowest where it is
     negative, else background (0). uint8, the input's shape.
@@ -81,12 +82,22 @@ def label_volume(
         return labels
     minimum = torch.from_numpy(grid.values).amin(dim=(0, 1, 2))  # (C,), on every core
     channels = [int(c) for c in torch.nonzero(minimum < 0).flatten()]
+    block = _Block(matrix, offset, start, stop)
     if resampler == "torch" or (resampler == "auto" and torch.device(device).type == "cuda"):
-        best_class = _lowest_class_torch(grid, channels, matrix, offset, start, stop, device)
+        best_class = _lowest_class_torch(grid, channels, block, device)
     else:
-        best_class = _lowest_class_scipy(grid, channels, matrix, offset, start, stop)
+        best_class = _lowest_class_scipy(grid, channels, block)
     labels[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = best_class
     return labels
+
+
+class _Block(NamedTuple):
+    """Input voxels start..stop (exclusive) and their map to grid indices: matrix @ ijk + offset."""
+
+    matrix: np.ndarray
+    offset: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
 
 
 def _padded(values: np.ndarray) -> np.ndarray:
@@ -95,16 +106,10 @@ def _padded(values: np.ndarray) -> np.ndarray:
     return np.pad(values.astype(np.float32), 1, constant_values=_OUTSIDE)
 
 
-def _lowest_class_scipy(
-    grid: SdfGrid,
-    channels: list[int],
-    matrix: np.ndarray,
-    offset: np.ndarray,
-    start: np.ndarray,
-    stop: np.ndarray,
-) -> np.ndarray:
-    """uint8 class (0: none negative) of the input voxels start..stop, classes resampled by
+def _lowest_class_scipy(grid: SdfGrid, channels: list[int], voxels: _Block) -> np.ndarray:
+    """uint8 class (0: none negative) of the block's input voxels, classes resampled by
     `affine_transform` a few at a time on threads."""
+    matrix, offset, start, stop = voxels
     block = tuple(int(n) for n in stop - start)
     best = np.full(block, np.inf, dtype=np.float32)
     best_class = np.zeros(block, dtype=np.uint8)
@@ -134,15 +139,10 @@ def _lowest_class_scipy(
 
 
 def _lowest_class_torch(
-    grid: SdfGrid,
-    channels: list[int],
-    matrix: np.ndarray,
-    offset: np.ndarray,
-    start: np.ndarray,
-    stop: np.ndarray,
-    device: torch.device | str,
+    grid: SdfGrid, channels: list[int], voxels: _Block, device: torch.device | str
 ) -> np.ndarray:
     """As `_lowest_class_scipy`, by `grid_sample` on `device`, a slab of voxels at a time."""
+    matrix, offset, start, stop = voxels
     block = [int(n) for n in stop - start]
     # grid_sample's coordinates of voxel ijk: the grid index (+1: the padding) scaled to
     # [-1, 1] (align_corners), in its (x, y, z) = (last, middle, first axis) order
