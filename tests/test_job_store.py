@@ -4,9 +4,11 @@ for the embedded mode): claims are leases, recovery re-queues dead workers' jobs
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import EllipsisType
 
 import pytest
 from service_harness import postgres_database
@@ -14,6 +16,7 @@ from sqlalchemy import update
 
 from heartvec.jobs.database import make_engine, migrate
 from heartvec.jobs.models import Job, JobStatus, new_job_id, utcnow
+from heartvec.jobs.runner import _Heartbeat
 from heartvec.jobs.store import JobStore, LeaseLost
 
 OPTIONS = {"labels": "default", "ignore_unknown_labels": False, "resolution": 64,
@@ -140,3 +143,28 @@ def _silence(store: JobStore, job_id: str, seconds: float) -> None:
             .where(Job.id == job_id)
             .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
         )
+
+
+class _SlowBeats(JobStore):
+    """A store whose busy-worker writes take a while, so a heartbeat is in flight when the job
+    ends (the race that left a finished worker showing busy in /metrics)."""
+
+    def worker_seen(self, name: str, current_job: str | EllipsisType | None = ...) -> None:
+        if isinstance(current_job, str):
+            time.sleep(0.2)
+        super().worker_seen(name, current_job)
+
+
+def test_a_stopped_heartbeat_never_marks_the_worker_busy_again(store: JobStore) -> None:
+    slow = _SlowBeats(store.engine)
+    job_id = _queued(slow)
+    attempt = slow.claim(job_id, "w1")
+    assert attempt == 1
+    heartbeat = _Heartbeat(slow, job_id, attempt, "w1", interval_s=0.01)
+    heartbeat.start()
+    time.sleep(0.05)  # a beat is now inside its slow write
+    heartbeat.stop()
+    slow.worker_seen("w1", None)
+    time.sleep(0.3)  # long enough for a beat that was not waited for to land
+    assert not heartbeat.is_alive()
+    assert [(w.name, w.current_job) for w in slow.workers()] == [("w1", None)]

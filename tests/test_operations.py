@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,12 +58,19 @@ def test_metrics_and_json_logs_describe_a_job(
     job_id = service.submit(phantom, **QUICK).json()["id"]
     assert service.wait_status(job_id, {"succeeded", "failed"})["status"] == "succeeded"
 
-    text = service.client.get("/metrics").text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    # the stage totals are written just after the job's final status: allow them a moment
+    deadline = time.monotonic() + 10
+    while True:
+        text = service.client.get("/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        if ("heartvec_stage_duration_seconds_count", (("stage", "write"),)) in samples:
+            break
+        assert time.monotonic() < deadline, "stage timings never appeared in /metrics"
+        time.sleep(0.1)
     assert samples[("heartvec_jobs", (("status", "succeeded"),))] == 1
     assert samples[("heartvec_queue_depth", ())] == 0
     for stage in ("load", "encode", "decode", "meshes", "write"):

@@ -73,6 +73,13 @@ class _Heartbeat(threading.Thread):
             except Exception:  # a database hiccup: the next beat tries again
                 log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
 
+    def stop(self) -> None:
+        """Stop beating and wait for a beat in flight, so none lands after this returns (a late
+        beat would mark the worker busy again after it went idle)."""
+        self.stopped.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout=self.interval_s + 10.0)
+
 
 def resolve_device(name: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; other names unchanged."""
@@ -121,6 +128,16 @@ def _run_claimed(
     _best_effort(lambda: store.worker_seen(worker, job_id))
     heartbeat.start()
     deadline = time.monotonic() + limits.time_limit_s
+    idle = False
+
+    def stand_down() -> None:
+        """Stop the heartbeat and mark the worker idle; called before the final status is
+        written, so whoever sees the job finished also sees its worker free."""
+        nonlocal idle
+        heartbeat.stop()
+        if not idle:
+            _best_effort(lambda: store.worker_seen(worker, None))
+            idle = True
 
     def progress(stage: str, fraction: float) -> None:
         if heartbeat.lease_lost:
@@ -149,6 +166,7 @@ def _run_claimed(
             progress,
         )
         results = storage.publish_results(job_id, work_dir)
+        stand_down()
         _retrying(
             lambda: store.finish(
                 job_id, attempt, JobStatus.SUCCEEDED, metrics=_metrics(report), results=results
@@ -162,9 +180,11 @@ def _run_claimed(
         storage.discard(work_dir)
         return None
     except JobCancelled as e:
-        return _end(store, storage, job_id, attempt, work_dir, JobStatus.CANCELLED, str(e))
+        return _end(
+            store, storage, job_id, attempt, work_dir, JobStatus.CANCELLED, str(e), stand_down
+        )
     except (HeartvecError, JobTimedOut) as e:
-        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, str(e))
+        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, str(e), stand_down)
     except Exception as e:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             log.error("job %s: storage full: %s", job_id, e)
@@ -172,10 +192,9 @@ def _run_claimed(
         else:
             log.exception("job %s: attempt %d failed", job_id, attempt)
             error = f"internal error: {type(e).__name__}: {e}"
-        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, error)
+        return _end(store, storage, job_id, attempt, work_dir, JobStatus.FAILED, error, stand_down)
     finally:
-        heartbeat.stopped.set()
-        _best_effort(lambda: store.worker_seen(worker, None))
+        stand_down()
 
 
 def _end(
@@ -186,8 +205,10 @@ def _end(
     work_dir: Path,
     status: JobStatus,
     error: str,
+    stand_down: Callable[[], None],
 ) -> JobStatus | None:
     storage.discard(work_dir)
+    stand_down()
     try:
         _retrying(lambda: store.finish(job_id, attempt, status, error=error))
     except LeaseLost:
