@@ -55,6 +55,7 @@ class ReconstructSettings:
     """Args:
     resolution: grid points along the longest side of the heart's box (up to 512).
     refine_steps: gradient steps on the latent set to fit the input itself (0: none).
+    refine_lr: Adam's step size for those steps.
     device: 'cpu', 'cuda' or 'cuda:N'.
     seed: seeds the surface sampling.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
@@ -65,6 +66,7 @@ class ReconstructSettings:
 
     resolution: int = defaults.RESOLUTION
     refine_steps: int = defaults.REFINE_STEPS
+    refine_lr: float = defaults.REFINE_LR
     device: str = "cpu"
     seed: int = 0
     precision: str = "auto"
@@ -202,6 +204,7 @@ def reconstruct(
                 settings.refine_steps,
                 truncation,
                 rng,
+                settings.refine_lr,
             )
     with clock.stage("decode"), decode_autocast(dtype, device):
         grid = decode_latents(

@@ -13,6 +13,7 @@ import torch
 from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import Normalization
+from heartvec.reconstruction import defaults
 from heartvec.samples import ABSENT_SDF, near_surface_points, sample_surfaces
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
@@ -120,7 +121,7 @@ def refine_latents(
     steps: int,
     truncation: float | None,
     rng: np.random.Generator,
-    learning_rate: float = 8e-2,
+    learning_rate: float = defaults.REFINE_LR,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adam on the latent set for `steps` steps; returns it and a record of the fit.
 

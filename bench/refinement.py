@@ -1,0 +1,233 @@
+"""Latent refinement: how much Dice each number of steps and step size buys, and at what time.
+
+The default of `heartvec reconstruct --refine-steps` (and its step size) is chosen from this
+measurement, within the latency target (BENCHMARKS.md). On each case (phantoms of seeds that
+neither training, checkpoint selection nor bench/reconstruct.py use, and the real heart of
+../shared with `--labels mmwhs`) the volume is encoded once; every (step size, steps) setting
+then refines that same latent set from the same random state, decodes it (narrow band, the
+reconstruction's own precision) and scores the label volume against the input: Dice per class,
+means over all classes and over the seven large ones.
+
+Usage: .venv/bin/python bench/refinement.py [--checkpoint CKPT] [--seeds 7000 7001 ...]
+           [--steps 10 20 40] [--lrs 0.03 0.08 0.2] [--resolution 128]
+Writes bench/results/refinement.json, bench/results/refinement.png and a BENCHMARKS.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import torch
+from benchmarks_md import write_section
+from reconstruct import REAL_HEART, REPO, cpu_description
+from tqdm import tqdm
+
+from heartvec.labels import LARGE_CLASSES, load_label_table
+from heartvec.phantom import make_phantom
+from heartvec.reconstruction.meshes import label_volume
+from heartvec.reconstruction.metrics import overlap
+from heartvec.reconstruction.pipeline import (
+    LoadedModel,
+    ReconstructSettings,
+    autocast_dtype,
+    checkpoint_normalization,
+    decode_autocast,
+    decode_latents,
+    encoder_inputs,
+    load_model,
+)
+from heartvec.reconstruction.refine import refine_latents
+from heartvec.settings import default_checkpoint
+from heartvec.surfaces import class_surfaces
+from heartvec.volume import LabelVolume, load_label_volume
+
+
+def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
+    """Dice per class present in the input; means over all of them and the large ones."""
+    present = [int(c) for c in np.flatnonzero(volume.class_present()) + 1]
+    dice = {
+        volume.label_table.class_name(c): overlap(volume.classes, classes, c)["dice"]
+        for c in present
+    }
+    large = [v for k, v in dice.items() if k in LARGE_CLASSES]
+    return {
+        "dice": dice,
+        "mean_dice": float(np.mean(list(dice.values()))),
+        "mean_dice_large": float(np.mean(large)) if large else None,
+    }
+
+
+def sweep_case(
+    loaded: LoadedModel,
+    volume: LabelVolume,
+    settings: list[tuple[float, int]],
+    resolution: int,
+) -> list[dict[str, Any]]:
+    """Every (step size, steps) setting on one volume, from one encoding."""
+    model, device, state = loaded.model, loaded.device, loaded.state
+    surfaces = class_surfaces(volume)
+    normalization = checkpoint_normalization(state, surfaces)
+    truncation = state["train_config"].get("truncation")
+    dtype = autocast_dtype(ReconstructSettings().precision, device)
+    points, labels = encoder_inputs(model, surfaces, normalization, np.random.default_rng(0))
+    with torch.no_grad():
+        encoded = model.encode(points.to(device), labels.to(device)).float()
+    rows = []
+    for lr, steps in tqdm(settings, desc=Path(volume.path).name, leave=False):
+        started = time.perf_counter()
+        latents, record = encoded, None
+        if steps:
+            rng = np.random.default_rng(1)  # the same fit points for every setting
+            latents, record = refine_latents(
+                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr
+            )
+        refine_s = time.perf_counter() - started
+        with decode_autocast(dtype, device):
+            grid = decode_latents(model, latents, surfaces, normalization, resolution, truncation)
+        classes = label_volume(grid, normalization, volume, device)
+        classes[~np.isin(classes, list(surfaces))] = 0
+        rows.append(
+            {
+                "lr": lr,
+                "steps": steps,
+                "refine_s": round(refine_s, 2),
+                "held_out_iou_after": record and record["mean_held_out_iou_after"],
+                **score(volume, classes),
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(7000, 7006)))
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[0.03, 0.08, 0.2])
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    checkpoint = args.checkpoint or default_checkpoint()
+    loaded = load_model(checkpoint, args.device)
+    settings = [(0.0, 0)] + [(lr, steps) for lr in args.lrs for steps in args.steps]
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "checkpoint": str(
+            checkpoint.resolve().relative_to(REPO)
+            if checkpoint.resolve().is_relative_to(REPO)
+            else checkpoint
+        ),
+        "checkpoint_sha256": loaded.sha256,
+        "resolution": args.resolution,
+        "seeds": args.seeds,
+        "default": {"steps": ReconstructSettings.refine_steps, "lr": ReconstructSettings.refine_lr},
+        "phantoms": {},
+    }
+    table = load_label_table("default")
+    for seed in tqdm(args.seeds, desc="phantoms"):
+        labels, affine = make_phantom(seed, size=256, spacing=1.0)
+        path = Path(f"/tmp/heartvec_refinement_phantom_{seed}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), path)
+        volume = load_label_volume(path, table)
+        path.unlink()
+        results["phantoms"][str(seed)] = sweep_case(loaded, volume, settings, args.resolution)
+        best = max(results["phantoms"][str(seed)], key=lambda r: r["mean_dice"])
+        print(f"phantom {seed}: none {results['phantoms'][str(seed)][0]['mean_dice']:.3f}, best "
+              f"{best['mean_dice']:.3f} ({best['steps']} at {best['lr']:g})", flush=True)  # fmt: skip
+    if REAL_HEART.is_file():
+        volume = load_label_volume(REAL_HEART, load_label_table("mmwhs"))
+        results["real_heart"] = sweep_case(loaded, volume, settings, args.resolution)
+    out = REPO / "bench" / "results"
+    (out / "refinement.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "refinement.png")
+    update_benchmarks(results)
+    return 0
+
+
+def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per setting: the phantoms' mean of each summary, and the mean refinement seconds."""
+    cases = list(results["phantoms"].values())
+    return [
+        {
+            "lr": rows[0]["lr"],
+            "steps": rows[0]["steps"],
+            **{
+                key: float(np.mean([r[key] for r in rows]))
+                for key in ("mean_dice", "mean_dice_large", "refine_s")
+            },
+            "per_class": {
+                name: float(np.mean([r["dice"][name] for r in rows])) for name in rows[0]["dice"]
+            },
+        }
+        for rows in zip(*cases, strict=True)
+    ]
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    means = phantom_means(results)
+    real = results.get("real_heart")
+    panels = 3 if real else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), constrained_layout=True)
+    lrs = sorted({m["lr"] for m in means if m["steps"]})
+    for axis, key, title in (
+        (axes[0], "mean_dice", "phantoms: mean Dice, all classes"),
+        (axes[1], "mean_dice_large", "phantoms: mean Dice, seven large"),
+    ):
+        for lr in lrs:
+            rows = [means[0]] + [m for m in means if m["lr"] == lr]
+            axis.plot([r["steps"] for r in rows], [r[key] for r in rows], "o-", label=f"lr {lr:g}")
+        axis.set(xlabel="refinement steps", ylabel="Dice", title=title)
+        axis.legend()
+    if real:
+        for lr in lrs:
+            rows = [real[0]] + [r for r in real if r["lr"] == lr]
+            axes[2].plot([r["steps"] for r in rows], [r["mean_dice"] for r in rows], "o-",
+                         label=f"lr {lr:g}")  # fmt: skip
+        axes[2].set(xlabel="refinement steps", ylabel="Dice", title="real heart: mean Dice")
+        axes[2].legend()
+    figure.suptitle(f"latent refinement, {len(results['seeds'])} unseen phantoms, resolution "
+                    f"{results['resolution']}")  # fmt: skip
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def update_benchmarks(results: dict[str, Any]) -> None:
+    means = phantom_means(results)
+    real = results.get("real_heart") or [None] * len(means)
+    default = results["default"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']} by `bench/refinement.py`, "
+        f"checkpoint `{results['checkpoint']}` ({results['checkpoint_sha256'][:12]}); phantoms "
+        f"{results['seeds'][0]}-{results['seeds'][-1]} (256^3 at 1 mm; seeds no training, "
+        "selection or other benchmark uses) and the real heart; each setting refines the same "
+        f"encoding from the same random state; label volume from a resolution "
+        f"{results['resolution']} grid. Default when measured: {default['steps']} steps at "
+        f"{default['lr']:g}.",
+        "",
+        "| step size | steps | phantoms mean Dice | seven large | refinement s | real heart "
+        "mean Dice |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, heart in zip(means, real, strict=True):
+        lr = f"{row['lr']:g}" if row["steps"] else "-"
+        heart_dice = f"{heart['mean_dice']:.3f}" if heart else "-"
+        lines.append(
+            f"| {lr} | {row['steps']} | {row['mean_dice']:.3f} | {row['mean_dice_large']:.3f} | "
+            f"{row['refine_s']:.1f} | {heart_dice} |"
+        )
+    lines += ["", "![refinement sweep](bench/results/refinement.png)"]
+    write_section("bench/refinement.py", "Latent refinement: steps and step size", lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
