@@ -81,6 +81,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/reconstruct.py
+	$(BIN)/python bench/refinement.py
 	$(BIN)/python bench/service.py
 
 clean:

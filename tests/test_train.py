@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import REPO
 
+from heartvec.errors import InputError
 from heartvec.model.checkpoint import load_checkpoint
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
@@ -260,6 +261,27 @@ def test_augmentation_is_a_similarity_that_scales_the_sdf(dataset: Path) -> None
     torch.testing.assert_close(after, before * scale, rtol=1e-4, atol=1e-5)  # rigid + scale
     torch.testing.assert_close(moved["near_sdf"], plain["near_sdf"] * scale, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(moved["vol_sdf"], plain["vol_sdf"] * scale, rtol=1e-4, atol=1e-6)
+
+
+def test_balanced_near_points_give_thin_classes_their_share(dataset: Path) -> None:
+    from dataclasses import replace
+
+    files = read_split(dataset, "train")[:1]
+
+    def share_per_class(balance: float) -> np.ndarray:
+        config = replace(TRAIN_PRESETS["tiny"], near_points=1000, near_balance=balance)
+        item = PreparedShapes(files, 512, config)[0]
+        present = item["class_present"].numpy().astype(bool)
+        nearest = item["near_sdf"].abs().argmin(dim=1).numpy()
+        return np.bincount(nearest, minlength=len(present))[present] / len(nearest)
+
+    area, even = share_per_class(0.0), share_per_class(1.0)
+    assert area.max() / area.min() > 5  # by area: chambers dwarf the veins
+    np.testing.assert_allclose(even, 1 / len(even), atol=0.002)  # one class each the same
+    half = share_per_class(0.5)
+    assert area.min() < half.min() < even.min()
+    with pytest.raises(InputError):
+        replace(TRAIN_PRESETS["tiny"], near_balance=1.5)
 
 
 def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli: CLI) -> None:

@@ -25,6 +25,8 @@ class TrainConfig:
             to `learning_rate * min_lr_ratio`.
         vol_points / near_points / surface_points: query points per shape and step (volume
             points half inside, half outside any class; surface points evenly per class).
+        near_balance: the share of near points drawn evenly over the classes (by nearest
+            surface) instead of in proportion to surface area, where thin veins get few.
         eikonal_points: near points per shape where the eikonal term is evaluated.
         eikonal_step: central-difference step, normalized units.
         truncation: SDF targets clamped to +-truncation and divided by it (None: raw SDF).
@@ -59,6 +61,7 @@ class TrainConfig:
     vol_points: int = 2048
     near_points: int = 2048
     surface_points: int = 1024
+    near_balance: float = 0.0
     eikonal_points: int = 256
     eikonal_step: float = 0.005
     truncation: float | None = 0.1
@@ -82,6 +85,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.checkpoint_every_s < 0:
             raise InputError("train config", "repeats must be >= 1, checkpoint_every_s >= 0")
+        if not 0.0 <= self.near_balance <= 1.0:
+            raise InputError("train config", f"near_balance {self.near_balance}: must be 0..1")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise InputError("train config", f"time limit {self.time_limit_s} s: must be > 0")
 

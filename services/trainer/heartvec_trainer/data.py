@@ -91,7 +91,7 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
             vol_index, near_index = np.arange(len(vol_points)), np.arange(len(near_points))
         else:
             vol_index = _balanced_choice(vol_sdf.min(axis=1) < 0, config.vol_points, rng)
-            near_index = rng.choice(len(near_points), config.near_points, replace=False)
+            near_index = _near_choice(near_sdf, present, config, rng)
         if config.augment and not self.evaluation:
             rotation, scale = _random_similarity(config, rng)
             inputs, loss_points = inputs @ rotation.T * scale, loss_points @ rotation.T * scale
@@ -155,6 +155,32 @@ def _random_similarity(config: TrainConfig, rng: np.random.Generator) -> tuple[n
     cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
     return rotation, float(rng.uniform(1 - config.augment_scale, 1 + config.augment_scale))
+
+
+def _near_choice(
+    near_sdf: np.ndarray, present: np.ndarray, config: TrainConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of `config.near_points` near points: a `config.near_balance` share drawn evenly
+    over the present classes (by the class whose surface is nearest), the rest uniformly.
+
+    Near points follow surface area, so a thin vein gets a few percent of them against a
+    chamber's third; the balanced share gives every class the same number.
+    """
+    balanced = round(config.near_points * config.near_balance)
+    uniform = rng.choice(len(near_sdf), config.near_points - balanced, replace=False)
+    if balanced == 0:
+        return uniform
+    nearest = np.abs(near_sdf).argmin(axis=1)
+    classes = np.flatnonzero(present)
+    shares = np.full(len(classes), balanced // len(classes))
+    shares[: balanced % len(classes)] += 1
+    picked = [uniform]
+    for channel, share in zip(classes, shares, strict=True):
+        members = np.flatnonzero(nearest == channel)
+        if len(members) == 0:
+            members = np.arange(len(near_sdf))
+        picked.append(rng.choice(members, size=share, replace=len(members) < share))
+    return rng.permutation(np.concatenate(picked))
 
 
 def _balanced_choice(inside: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
