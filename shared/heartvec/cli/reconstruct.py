@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 32 <= args.resolution <= 512 or args.refine_steps < 0:
         parser.error("need 32 <= --resolution <= 512 and --refine-steps >= 0")
     settings = ReconstructSettings(
-        args.resolution, args.refine_steps, args.device, precision=args.precision
+        resolution=args.resolution,
+        refine_steps=args.refine_steps,
+        device=args.device,
+        precision=args.precision,
     )
     progress = tqdm(total=len(STAGES), desc="reconstruct", unit="stage")
 

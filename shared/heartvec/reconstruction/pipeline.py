@@ -50,7 +50,7 @@ STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "wr
 GRID_MARGIN = 0.05  # normalized units of room around the input's surfaces
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReconstructSettings:
     """Args:
     resolution: grid points along the longest side of the heart's box (up to 512).
