@@ -122,6 +122,12 @@ def cpu_description() -> str:
     )
 
 
+def _shown(checkpoint: Path) -> str:
+    """The checkpoint's path as BENCHMARKS.md shows it: relative to the repository if inside."""
+    resolved = checkpoint.resolve()
+    return str(resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else checkpoint)
+
+
 def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
     """Latency of one 256^3 phantom at resolution 256 with default settings on `device`, as
     separate `heartvec reconstruct` processes (the first pays CUDA start-up), and the band vs
@@ -132,7 +138,7 @@ def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
         "device_name": (
             torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
         ),
-        "checkpoint": str(checkpoint),
+        "checkpoint": _shown(checkpoint),
         "default_refine_steps": ReconstructSettings.refine_steps,
     }
     with tempfile.TemporaryDirectory() as scratch:
@@ -224,11 +230,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
-        "checkpoint": str(
-            checkpoint.resolve().relative_to(REPO)
-            if checkpoint.resolve().is_relative_to(REPO)
-            else checkpoint
-        ),
+        "checkpoint": _shown(checkpoint),
         "seeds": args.seeds,
     }
     ckpt = ["--checkpoint", str(checkpoint)]

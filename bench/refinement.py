@@ -141,9 +141,10 @@ def main() -> int:
         volume = load_label_volume(path, table)
         path.unlink()
         results["phantoms"][str(seed)] = sweep_case(loaded, volume, settings, args.resolution)
-        best = max(results["phantoms"][str(seed)], key=lambda r: r["mean_dice"])
-        print(f"phantom {seed}: none {results['phantoms'][str(seed)][0]['mean_dice']:.3f}, best "
-              f"{best['mean_dice']:.3f} ({best['steps']} at {best['lr']:g})", flush=True)  # fmt: skip
+        rows = results["phantoms"][str(seed)]
+        best = max(rows, key=lambda r: r["mean_dice"])
+        print(f"phantom {seed}: none {rows[0]['mean_dice']:.3f}, best {best['mean_dice']:.3f} "
+              f"({best['steps']} at {best['lr']:g})", flush=True)  # fmt: skip
     if REAL_HEART.is_file():
         volume = load_label_volume(REAL_HEART, load_label_table("mmwhs"))
         results["real_heart"] = sweep_case(loaded, volume, settings, args.resolution)
