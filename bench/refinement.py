@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ def main() -> int:
     table = load_label_table("default")
     for seed in tqdm(args.seeds, desc="phantoms"):
         labels, affine = make_phantom(seed, size=256, spacing=1.0)
-        path = Path(f"/tmp/heartvec_refinement_phantom_{seed}.nii.gz")
-        nib.save(nib.Nifti1Image(labels, affine), path)
-        volume = load_label_volume(path, table)
-        path.unlink()
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / f"phantom_s{seed}.nii.gz"
+            nib.save(nib.Nifti1Image(labels, affine), path)
+            volume = load_label_volume(path, table)
         results["phantoms"][str(seed)] = sweep_case(loaded, volume, settings, args.resolution)
         rows = results["phantoms"][str(seed)]
         best = max(rows, key=lambda r: r["mean_dice"])
