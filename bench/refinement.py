@@ -1,15 +1,17 @@
-"""Latent refinement: how much Dice each number of steps and step size buys, and at what time.
+"""Latent refinement: how much Dice each target, number of steps and step size buys, and at
+what time.
 
-The default of `heartvec reconstruct --refine-steps` (and its step size) is chosen from this
-measurement, within the latency target (BENCHMARKS.md). On each case (phantoms of seeds that
-neither training, checkpoint selection nor bench/reconstruct.py use, and the real heart of
-../shared with `--labels mmwhs`) the volume is encoded once; every (step size, steps) setting
-then refines that same latent set from the same random state, decodes it (narrow band, the
-reconstruction's own precision) and scores the label volume against the input: Dice per class,
-means over all classes and over the seven large ones.
+The default of `heartvec reconstruct --refine-steps` (and its target and step size) is chosen
+from this measurement, within the latency target (BENCHMARKS.md). On each case (phantoms of
+seeds that neither training, checkpoint selection nor bench/reconstruct.py use, and the real
+heart of ../shared with `--labels mmwhs`) the volume is encoded once; every setting (target:
+the latent set or the decoder's context; step size; steps) then refines that same encoding from
+the same random state, decodes it (narrow band, the reconstruction's own precision) and scores
+the label volume against the input: Dice per class, means over all classes and over the seven
+large ones.
 
 Usage: .venv/bin/python bench/refinement.py [--checkpoint CKPT] [--seeds 7000 7001 ...]
-           [--steps 10 20 40] [--lrs 0.03 0.08 0.2] [--resolution 128]
+           [--settings latents:0.08:20 context:0.03:150 ...] [--resolution 128]
 Writes bench/results/refinement.json, bench/results/refinement.png and a BENCHMARKS.md section.
 """
 
@@ -42,11 +44,11 @@ from heartvec.reconstruction.pipeline import (
     autocast_dtype,
     checkpoint_normalization,
     decode_autocast,
-    decode_latents,
+    decode_context,
     encoder_inputs,
     load_model,
 )
-from heartvec.reconstruction.refine import refine_latents
+from heartvec.reconstruction.refine import TARGETS, refine_latents
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
@@ -67,13 +69,32 @@ def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     }
 
 
+Setting = tuple[str, float, int]
+"""(target, step size, steps); steps 0: no refinement."""
+
+DEFAULT_SETTINGS = ["latents:0.08:10", "latents:0.08:20", "latents:0.08:40"] + [
+    f"context:{lr}:{steps}" for lr in ("0.03", "0.05") for steps in (50, 100, 150, 200)
+]
+
+
+def parse_setting(text: str) -> Setting:
+    target, lr, steps = text.split(":")
+    if target not in TARGETS:
+        raise argparse.ArgumentTypeError(f"{text}: target must be one of {TARGETS}")
+    return target, float(lr), int(steps)
+
+
+def label(row: dict[str, Any]) -> str:
+    return f"{row['target']} {row['lr']:g}" if row["steps"] else "none"
+
+
 def sweep_case(
     loaded: LoadedModel,
     volume: LabelVolume,
-    settings: list[tuple[float, int]],
+    settings: list[Setting],
     resolution: int,
 ) -> list[dict[str, Any]]:
-    """Every (step size, steps) setting on one volume, from one encoding."""
+    """Every setting on one volume, from one encoding."""
     model, device, state = loaded.model, loaded.device, loaded.state
     surfaces = class_surfaces(volume)
     normalization = checkpoint_normalization(state, surfaces)
@@ -83,21 +104,25 @@ def sweep_case(
     with torch.no_grad():
         encoded = model.encode(points.to(device), labels.to(device)).float()
     rows = []
-    for lr, steps in tqdm(settings, desc=Path(volume.path).name, leave=False):
+    for target, lr, steps in tqdm(settings, desc=Path(volume.path).name, leave=False):
         started = time.perf_counter()
-        latents, record = encoded, None
+        record = None
         if steps:
             rng = np.random.default_rng(1)  # the same fit points for every setting
-            latents, record = refine_latents(
-                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr
+            _, context, record = refine_latents(
+                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr, target
             )
+        else:
+            with torch.no_grad():
+                context = model.process(encoded)
         refine_s = time.perf_counter() - started
         with decode_autocast(dtype, device):
-            grid = decode_latents(model, latents, surfaces, normalization, resolution, truncation)
+            grid = decode_context(model, context, surfaces, normalization, resolution, truncation)
         classes = label_volume(grid, normalization, volume, device)
         classes[~np.isin(classes, list(surfaces))] = 0
         rows.append(
             {
+                "target": target,
                 "lr": lr,
                 "steps": steps,
                 "refine_s": round(refine_s, 2),
@@ -112,14 +137,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(7000, 7006)))
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40])
-    parser.add_argument("--lrs", type=float, nargs="+", default=[0.03, 0.08, 0.2])
+    parser.add_argument(
+        "--settings",
+        type=parse_setting,
+        nargs="+",
+        default=[parse_setting(s) for s in DEFAULT_SETTINGS],
+        help="target:step size:steps, each refining the same encoding (none is always run)",
+    )
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     loaded = load_model(checkpoint, args.device)
-    settings = [(0.0, 0)] + [(lr, steps) for lr in args.lrs for steps in args.steps]
+    settings = [("latents", 0.0, 0), *args.settings]
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -131,7 +161,11 @@ def main() -> int:
         "checkpoint_sha256": loaded.sha256,
         "resolution": args.resolution,
         "seeds": args.seeds,
-        "default": {"steps": ReconstructSettings.refine_steps, "lr": ReconstructSettings.refine_lr},
+        "default": {
+            "target": ReconstructSettings.refine_target,
+            "steps": ReconstructSettings.refine_steps,
+            "lr": ReconstructSettings.refine_lr,
+        },
         "phantoms": {},
     }
     table = load_label_table("default")
@@ -145,7 +179,7 @@ def main() -> int:
         rows = results["phantoms"][str(seed)]
         best = max(rows, key=lambda r: r["mean_dice"])
         print(f"phantom {seed}: none {rows[0]['mean_dice']:.3f}, best {best['mean_dice']:.3f} "
-              f"({best['steps']} at {best['lr']:g})", flush=True)  # fmt: skip
+              f"({label(best)}, {best['steps']} steps)", flush=True)  # fmt: skip
     if REAL_HEART.is_file():
         volume = load_label_volume(REAL_HEART, load_label_table("mmwhs"))
         results["real_heart"] = sweep_case(loaded, volume, settings, args.resolution)
@@ -161,6 +195,7 @@ def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
     cases = list(results["phantoms"].values())
     return [
         {
+            "target": rows[0]["target"],
             "lr": rows[0]["lr"],
             "steps": rows[0]["steps"],
             **{
@@ -180,21 +215,25 @@ def plot(results: dict[str, Any], path: Path) -> None:
     real = results.get("real_heart")
     panels = 3 if real else 2
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), constrained_layout=True)
-    lrs = sorted({m["lr"] for m in means if m["steps"]})
+    curves = sorted({label(m) for m in means if m["steps"]})
+
+    def curve(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+        return [rows[0]] + [r for r in rows if r["steps"] and label(r) == name]
+
     for axis, key, title in (
         (axes[0], "mean_dice", "phantoms: mean Dice, all classes"),
         (axes[1], "mean_dice_large", "phantoms: mean Dice, seven large"),
     ):
-        for lr in lrs:
-            rows = [means[0]] + [m for m in means if m["lr"] == lr]
-            axis.plot([r["steps"] for r in rows], [r[key] for r in rows], "o-", label=f"lr {lr:g}")
+        for name in curves:
+            rows = curve(means, name)
+            axis.plot([r["steps"] for r in rows], [r[key] for r in rows], "o-", label=name)
         axis.set(xlabel="refinement steps", ylabel="Dice", title=title)
         axis.legend()
     if real:
-        for lr in lrs:
-            rows = [real[0]] + [r for r in real if r["lr"] == lr]
+        for name in curves:
+            rows = curve(real, name)
             axes[2].plot([r["steps"] for r in rows], [r["mean_dice"] for r in rows], "o-",
-                         label=f"lr {lr:g}")  # fmt: skip
+                         label=name)  # fmt: skip
         axes[2].set(xlabel="refinement steps", ylabel="Dice", title="real heart: mean Dice")
         axes[2].legend()
     figure.suptitle(f"latent refinement, {len(results['seeds'])} unseen phantoms, resolution "
@@ -213,22 +252,23 @@ def update_benchmarks(results: dict[str, Any]) -> None:
         f"{results['seeds'][0]}-{results['seeds'][-1]} (256^3 at 1 mm; seeds no training, "
         "selection or other benchmark uses) and the real heart; each setting refines the same "
         f"encoding from the same random state; label volume from a resolution "
-        f"{results['resolution']} grid. Default when measured: {default['steps']} steps at "
-        f"{default['lr']:g}.",
+        f"{results['resolution']} grid. The default chosen from it: {default['steps']} steps at "
+        f"{default['lr']:g} on the {default['target']}.",
         "",
-        "| step size | steps | phantoms mean Dice | seven large | refinement s | real heart "
-        "mean Dice |",
-        "|---|---|---|---|---|---|",
+        "| target | step size | steps | phantoms mean Dice | seven large | refinement s | "
+        "real heart mean Dice |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, heart in zip(means, real, strict=True):
-        lr = f"{row['lr']:g}" if row["steps"] else "-"
+        target, lr = (row["target"], f"{row['lr']:g}") if row["steps"] else ("-", "-")
         heart_dice = f"{heart['mean_dice']:.3f}" if heart else "-"
         lines.append(
-            f"| {lr} | {row['steps']} | {row['mean_dice']:.3f} | {row['mean_dice_large']:.3f} | "
-            f"{row['refine_s']:.1f} | {heart_dice} |"
+            f"| {target} | {lr} | {row['steps']} | {row['mean_dice']:.3f} | "
+            f"{row['mean_dice_large']:.3f} | {row['refine_s']:.1f} | {heart_dice} |"
         )
     lines += ["", "![refinement sweep](bench/results/refinement.png)"]
-    write_section("bench/refinement.py", "Latent refinement: steps and step size", lines)
+    heading = "Latent refinement: target, steps and step size"
+    write_section("bench/refinement.py", heading, lines)
 
 
 if __name__ == "__main__":

@@ -129,9 +129,17 @@ def test_bad_input_and_missing_checkpoint(trained: tuple[Path, Path], tmp_path: 
     assert status == 2 and "no such checkpoint file" in err
 
 
-def test_refinement_fits_an_unseen_heart(trained: tuple[Path, Path], tmp_path: Path) -> None:
-    """The checkpoint knows one phantom; refining the latents on another one (seed 4, other
-    chamber sizes and positions) fits it better on held-out points and in Dice."""
+LEARNING_RATES = {"context": 3e-2, "latents": 8e-2}  # each target's best (bench/refinement.py)
+
+
+@pytest.mark.parametrize("target", ["context", "latents"])
+def test_refinement_fits_an_unseen_heart(
+    trained: tuple[Path, Path], tmp_path: Path, target: str
+) -> None:
+    """The checkpoint knows one phantom; refining (the decoder's context, or the latent set) on
+    another one (seed 4, other chamber sizes and positions) fits it better on held-out points
+    and in Dice. `latent.npy` is the refined latent set, or the encoded one when the context
+    was refined."""
     from heartvec.cli import main
 
     _, checkpoint = trained
@@ -142,15 +150,28 @@ def test_refinement_fits_an_unseen_heart(trained: tuple[Path, Path], tmp_path: P
     plain = reconstruct(unseen, tmp_path / "plain", table, checkpoint,
                         ReconstructSettings(resolution=48, refine_steps=0))  # fmt: skip
     report = reconstruct(unseen, tmp_path / "refined", table, checkpoint,
-                         ReconstructSettings(resolution=48, refine_steps=40))  # fmt: skip
+                         ReconstructSettings(resolution=48, refine_steps=40, refine_target=target,
+                                             refine_lr=LEARNING_RATES[target]))  # fmt: skip
     refinement = report["refinement"]
-    assert refinement["steps"] == 40 and refinement["loss_last"] < refinement["loss_first"]
+    assert refinement["steps"] == 40 and refinement["target"] == target
+    assert refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
-    # +0.030 on one machine, +0.0296 on another (0.142 -> 0.172): the tiny model trained by the
-    # fixture differs in the last bits from CPU to CPU
+    # latents: +0.030 on one machine, +0.0296 on another (0.142 -> 0.172): the tiny model
+    # trained by the fixture differs in the last bits from CPU to CPU
     assert refinement["mean_held_out_iou_after"] > refinement["mean_held_out_iou_before"] + 0.02
     assert report["summary"]["mean_dice"] > plain["summary"]["mean_dice"]
     assert plain["refinement"] is None
+    encoded = np.load(tmp_path / "plain" / "latent.npy")
+    written = np.load(tmp_path / "refined" / "latent.npy")
+    if target == "context":
+        np.testing.assert_array_equal(written, encoded)
+    else:
+        assert np.abs(written - encoded).max() > 1e-3
+
+
+def test_refinement_rejects_an_unknown_target() -> None:
+    with pytest.raises(ValueError, match="refinement target 'weights'"):
+        ReconstructSettings(refine_target="weights")
 
 
 def test_exported_checkpoint_is_smaller_and_reconstructs_alike(

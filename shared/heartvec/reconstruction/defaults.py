@@ -2,5 +2,7 @@
 import torch to know them)."""
 
 RESOLUTION = 256
-REFINE_STEPS = 20  # chosen by bench/reconstruct.py within the latency target (BENCHMARKS.md)
-REFINE_LR = 8e-2  # Adam step size on the latent set (bench/refinement.py)
+# refinement: chosen together by bench/refinement.py (BENCHMARKS.md)
+REFINE_STEPS = 150
+REFINE_LR = 3e-2  # Adam step size
+REFINE_TARGET = "context"  # what refinement changes: "context" or "latents"

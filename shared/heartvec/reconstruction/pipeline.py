@@ -36,6 +36,7 @@ from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid
 from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlap, surface_distances
+from heartvec.reconstruction.refine import TARGETS as REFINE_TARGETS
 from heartvec.reconstruction.refine import refine_latents
 from heartvec.reconstruction.render import render_preview
 from heartvec.resources import peak_memory_mb
@@ -54,8 +55,10 @@ GRID_MARGIN = 0.05  # normalized units of room around the input's surfaces
 class ReconstructSettings:
     """Args:
     resolution: grid points along the longest side of the heart's box (up to 512).
-    refine_steps: gradient steps on the latent set to fit the input itself (0: none).
+    refine_steps: gradient steps to fit the input itself (0: none).
     refine_lr: Adam's step size for those steps.
+    refine_target: what the steps change: 'context' (the processed latent set the decoder
+        attends to) or 'latents' (the latent set; see heartvec.reconstruction.refine).
     device: 'cpu', 'cuda' or 'cuda:N'.
     seed: seeds the surface sampling.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
@@ -67,9 +70,16 @@ class ReconstructSettings:
     resolution: int = defaults.RESOLUTION
     refine_steps: int = defaults.REFINE_STEPS
     refine_lr: float = defaults.REFINE_LR
+    refine_target: str = defaults.REFINE_TARGET
     device: str = "cpu"
     seed: int = 0
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.refine_target not in REFINE_TARGETS:
+            raise ValueError(
+                f"refinement target {self.refine_target!r}: expected one of {REFINE_TARGETS}"
+            )
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -193,9 +203,9 @@ def reconstruct(
             latents = model.encode(points.to(device), labels.to(device)).float()  # (1, M, D)
     truncation = state["train_config"].get("truncation")
     with clock.stage("refine"):
-        refinement = None
+        refinement, context = None, None
         if settings.refine_steps > 0:
-            latents, refinement = refine_latents(
+            latents, context, refinement = refine_latents(
                 model,
                 latents,
                 volume,
@@ -205,10 +215,14 @@ def reconstruct(
                 truncation,
                 rng,
                 settings.refine_lr,
+                settings.refine_target,
             )
     with clock.stage("decode"), decode_autocast(dtype, device):
-        grid = decode_latents(
-            model, latents, surfaces, normalization, settings.resolution, truncation
+        if context is None:
+            with torch.no_grad():
+                context = model.process(latents)
+        grid = decode_context(
+            model, context, surfaces, normalization, settings.resolution, truncation
         )
     present = set(surfaces)
     with clock.stage("meshes"):
@@ -322,20 +336,37 @@ def decode_latents(
     truncation: float | None,
     dense: bool | None = None,
 ) -> SdfGrid:
-    """The per-class SDF of a latent set on a resolution^3 cube around the input's surfaces.
+    """The per-class SDF of a latent set on a resolution^3 cube around the input's surfaces
+    (`decode_context` of its processed latents)."""
+    with torch.no_grad():
+        context = model.process(latents)
+    return decode_context(model, context, surfaces, normalization, resolution, truncation, dense)
+
+
+def decode_context(
+    model: VecSetAutoencoder,
+    context: torch.Tensor,
+    surfaces: dict[int, Surface],
+    normalization: Normalization,
+    resolution: int,
+    truncation: float | None,
+    dense: bool | None = None,
+) -> SdfGrid:
+    """The per-class SDF of a decoder context (a processed latent set, `model.process`) on a
+    resolution^3 cube around the input's surfaces.
 
     `dense` evaluates every grid point; None chooses by device: the narrow band on the CPU,
     where the decoder's arithmetic is the cost, and the dense grid on a GPU up to resolution
     256, where the band's bookkeeping on the CPU would be (on an H200 at 256: dense 2.1 s, band
     12.1 s; BENCHMARKS.md). Above 256 the band also bounds the query points held at once.
     """
-    device = latents.device
+    device = context.device
     if dense is None:
         dense = device.type == "cuda" and resolution <= DENSE_GPU_MAX_RESOLUTION
     low, high = normalization.bounds(surfaces)
     centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
+    context = context.detach()
     with torch.no_grad():
-        context = model.process(latents)
 
         def sdf_at(points: np.ndarray) -> np.ndarray:
             queries = torch.from_numpy(points.astype(np.float32))[None].to(context.device)

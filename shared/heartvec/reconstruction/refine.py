@@ -1,5 +1,13 @@
-"""Latent refinement: a few gradient steps on the latent set so the decoder fits the input's
-own surface and SDF samples (the model stays frozen). For inputs unlike the training data."""
+"""Latent refinement: gradient steps so the decoder fits the input's own surface and SDF samples
+(the model's weights stay frozen). For inputs unlike the training data.
+
+Two targets: the latent set itself (the bottleneck code, `latents`), or the processed latent set
+the decoder attends to (`context`: the self-attention stack's output, 256 x width instead of
+256 x latent_dim numbers). The latent set refines inside what the processor can express, which
+levels off after a few steps; the context is eight times freer and a step skips the processor's
+forward and backward. On unseen phantoms and the real heart the context fits better at the same
+time (bench/refinement.py, BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
 POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
+TARGETS = ("context", "latents")
 BATCH = {"surface": 512, "queries": 1024}  # fit points per step, drawn afresh each step
 # (twice these fitted no better on unseen phantoms, at twice the cost; BENCHMARKS.md)
 
@@ -54,11 +63,10 @@ def _targets(
 
 def _loss(
     model: VecSetAutoencoder,
-    latents: torch.Tensor,
+    context: torch.Tensor,
     data: dict[str, torch.Tensor],
     truncation: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    context = model.process(latents)
     at_surface = model.decode(context, data["surface"])  # (1, S, C)
     own = at_surface.gather(-1, data["labels"].unsqueeze(-1) - 1)
     predicted = model.decode(context, data["queries"])  # (1, Q, C)
@@ -122,12 +130,18 @@ def refine_latents(
     truncation: float | None,
     rng: np.random.Generator,
     learning_rate: float = defaults.REFINE_LR,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Adam on the latent set for `steps` steps; returns it and a record of the fit.
+    target: str = defaults.REFINE_TARGET,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Adam on `target` ('context' or 'latents') for `steps` steps.
 
-    The record gives the sign IoU per class on held-out near and volume points before and
-    after, so the report shows what refinement bought.
+    Returns:
+        (latents, context, record): the latent set (refined when `target` is 'latents', else
+        as given), the decoder's context to decode with, and a record of the fit: the sign IoU
+        per class on held-out near and volume points before and after, so the report shows what
+        refinement bought.
     """
+    if target not in TARGETS:
+        raise ValueError(f"refinement target {target!r}: expected one of {TARGETS}")
     started = time.perf_counter()
     low, high = normalization.bounds(surfaces)
     numpy_data = _targets(volume, surfaces, normalization, low - 0.05, high + 0.05, rng)
@@ -141,9 +155,9 @@ def refine_latents(
     present = torch.zeros(numpy_data["sdf"].shape[1], dtype=torch.bool)
     present[torch.tensor(list(surfaces)) - 1] = True
 
-    def held_out_iou(current: torch.Tensor) -> dict[str, float]:
+    def held_out_iou(context: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            _, predicted = _loss(model, current, held_out, truncation)
+            _, predicted = _loss(model, context, held_out, truncation)
         truth, guess = held_out["sdf"][0] < 0, predicted[0].float() < 0
         result = {}
         for channel in torch.nonzero(present).flatten().tolist():
@@ -152,28 +166,44 @@ def refine_latents(
             result[volume.label_table.class_name(channel + 1)] = float(both / union.clamp(min=1))
         return result
 
-    before = held_out_iou(latents)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    latents = latents.detach().clone().requires_grad_(True)
-    optimizer = Adam(latents, lr=learning_rate)
+    latents = latents.detach()
+    with torch.no_grad():
+        context = model.process(latents)
+    before = held_out_iou(context)
+    free = (latents if target == "latents" else context).clone().requires_grad_(True)
+    optimizer = Adam(free, lr=learning_rate)
     losses = []
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     for _ in range(steps):
-        loss, _ = _loss(model, latents, _minibatch(fit, generator), truncation)
+        current = model.process(free) if target == "latents" else free
+        loss, _ = _loss(model, current, _minibatch(fit, generator), truncation)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    latents = latents.detach()
-    after = held_out_iou(latents)
-    return latents, {
-        "steps": steps,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "held_out_iou_before": before,
-        "held_out_iou_after": after,
-        "mean_held_out_iou_before": float(np.mean(list(before.values()))),
-        "mean_held_out_iou_after": float(np.mean(list(after.values()))),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    free = free.detach()
+    if target == "latents":
+        latents = free
+        with torch.no_grad():
+            context = model.process(latents)
+    else:
+        context = free
+    after = held_out_iou(context)
+    return (
+        latents,
+        context,
+        {
+            "steps": steps,
+            "target": target,
+            "learning_rate": learning_rate,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "held_out_iou_before": before,
+            "held_out_iou_after": after,
+            "mean_held_out_iou_before": float(np.mean(list(before.values()))),
+            "mean_held_out_iou_after": float(np.mean(list(after.values()))),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
