@@ -5,8 +5,8 @@ Two targets: the latent set itself (the bottleneck code, `latents`), or the proc
 the decoder attends to (`context`: the self-attention stack's output, 256 x width instead of
 256 x latent_dim numbers). The latent set refines inside what the processor can express, which
 levels off after a few steps; the context is eight times freer and a step skips the processor's
-forward and backward. On unseen phantoms and the real heart the context fits better at the same
-time (bench/refinement.py, BENCHMARKS.md).
+forward and backward. On unseen phantoms and the real heart the context fits better (150 steps:
+about twice the old 20 latent-set steps' time; bench/refinement.py, BENCHMARKS.md).
 """
 
 from __future__ import annotations
