@@ -6,8 +6,9 @@
 #
 # BUDGET_S is the whole script's wall time; training gets what the other steps leave
 # (RESERVE_S is kept for export and the latency benchmark). PHANTOMS, PREPARE_S (a cap on data
-# preparation: what is finished by then is used), DEVICE and LATENCY_REPEATS (0: no latency
-# benchmark) can be overridden for a dry run.
+# preparation: what is finished by then is used), POINTS (samples of each kind per volume:
+# training draws a few thousand per step, and fewer samples prepare faster), DEVICE and
+# LATENCY_REPEATS (0: no latency benchmark) can be overridden for a dry run.
 #
 # On a bare machine whose Python already has torch, numpy, scipy, scikit-image, matplotlib,
 # tensorboard, PyYAML and tqdm (the lent H200 had Python 3.12), bring the rest as wheels
@@ -25,6 +26,7 @@ BUDGET_S=${BUDGET_S:-540}
 RESERVE_S=${RESERVE_S:-150}
 PHANTOMS=${PHANTOMS:-200}
 PREPARE_S=${PREPARE_S:-110}
+POINTS=${POINTS:-100000}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-15}
 CONFIG=${CONFIG:-services/trainer/configs/small-phantoms-gpu.yaml}
@@ -36,6 +38,7 @@ started=$SECONDS
 
 heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed 1000 --size 128 --spacing 2.0
 timeout "$PREPARE_S" heartvec prepare "$DATA/volumes" --out "$DATA/prepared" --workers "$WORKERS" \
+  --surface-points "$POINTS" --vol-points "$POINTS" --near-points "$POINTS" \
   || echo "prepare stopped at ${PREPARE_S} s: training on what was finished"
 find "$DATA/prepared" -name "*.npz" | wc -l
 heartvec split "$DATA/prepared" --val-fraction 0.1 --seed 0
