@@ -4,12 +4,15 @@ Reads the training run (history.json, TensorBoard event times, training_curve.pn
 the exported checkpoint on the run's validation split with `heartvec evaluate`, and rewrites
 its section of BENCHMARKS.md; the curve is copied to bench/results/bundled_training_curve.png.
 A checkpoint trained in stages (`--init-from` the previous one) names its recipe and the
-record of the stage before (`--parent`, a JSON file in bench/results: the run folders of
-earlier sessions are gone, their figures are not).
+records of the stages before (`--parent`, JSON files in bench/results, oldest first: the run
+folders of earlier sessions are gone, their figures are not). A run folder brought back from a
+lent GPU may hold only history.json and training_curve.png: the training time is then the
+history's own clock.
 
 Usage: .venv/bin/python bench/bundled_checkpoint.py --run RUN_DIR --data PREPARED_DIR
-           [--checkpoint shared/heartvec/checkpoints/heartvec-small.pt]
-           [--recipe CONFIG.yaml --parent bench/results/bundled_stage1.json --machine TEXT]
+           [--checkpoint shared/heartvec/checkpoints/heartvec-small.pt] [--recipe CONFIG.yaml
+           --parent bench/results/bundled_stage1.json bench/results/bundled_stage2.json
+           --machine TEXT]
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ HEARTVEC = str(Path(sys.executable).parent / "heartvec")
 RECIPE = REPO / "services" / "trainer" / "configs" / "small-phantoms.yaml"
 
 
-def training_hours(run: Path) -> float:
+def training_hours(run: Path, history: list[dict[str, Any]]) -> float:
     """Wall hours spent training: the span of each TensorBoard event file (one per process
-    start, so the pauses between a stop and its `--resume` are not counted)."""
+    start, so the pauses between a stop and its `--resume` are not counted), else the
+    history's last `elapsed_s` (resumed runs count their earlier time there too)."""
+    if not (run / "tensorboard").is_dir():
+        return float(history[-1]["elapsed_s"]) / 3600
     total = 0.0
     for events in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
@@ -47,6 +53,11 @@ def training_hours(run: Path) -> float:
         if times:
             total += max(times) - min(times)
     return total / 3600
+
+
+def _duration(hours: float) -> str:
+    """'1.68 h', or '5.9 min' under an hour."""
+    return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
 def _data_description(prepared: Path) -> str:
@@ -73,7 +84,10 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT)
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="the run's config YAML")
-    parser.add_argument("--parent", type=Path, help="JSON record of the stage it started from")
+    parser.add_argument(
+        "--parent", type=Path, nargs="+", default=[],
+        help="JSON records of the stages before, oldest first",
+    )  # fmt: skip
     parser.add_argument(
         "--machine", default="the development machine (2 CPU cores, no GPU)", help="where it ran"
     )
@@ -99,14 +113,23 @@ def main() -> int:
         "`bench/bundled_checkpoint.py`.",
         "",
     ]
-    if args.parent is not None:
-        parent = json.loads(args.parent.read_text())
+    stage = len(args.parent) + 1
+    if args.parent:
+        count = {2: "two", 3: "three", 4: "four"}.get(stage, str(stage))
+        earlier = []
+        for number, path in enumerate(args.parent, start=1):
+            parent = json.loads(path.read_text())
+            earlier.append(
+                f"**Stage {number}** (`{parent['recipe']}`, seed 0; data: {parent['data']}; "
+                f"{parent['machine']}): {parent['steps']:,} steps, {parent['epochs']} epochs, "
+                f"{_duration(parent['hours'])}, best validation mean IoU "
+                f"{parent['best_val_mean_iou']:.3f} (epoch {parent['best_epoch']}; sha256 "
+                f"`{parent['sha256'][:16]}...`)."
+            )
         lines += [
-            f"Trained in two stages. **Stage 1** (`{parent['recipe']}`, seed 0; data: "
-            f"{parent['data']}; {parent['machine']}): {parent['steps']:,} steps, "
-            f"{parent['epochs']} epochs, {parent['hours']:.2f} h, best validation mean IoU "
-            f"{parent['best_val_mean_iou']:.3f} (epoch {parent['best_epoch']}; sha256 "
-            f"`{parent['sha256'][:16]}...`). **Stage 2** below continues it with `--init-from`.",
+            f"Trained in {count} stages, each continuing the one before with `--init-from`. "
+            + " ".join(earlier)
+            + f" **Stage {stage}** below.",
             "",
         ]
     lines += [
@@ -120,8 +143,8 @@ def main() -> int:
         "|---|---|",
         f"| checkpoint | `{args.checkpoint.resolve().relative_to(REPO)}`, {size_mb:.1f} MB "
         f"(float16), sha256 `{evaluation['checkpoint_sha256'][:16]}...` |",
-        f"| training{' (stage 2)' if args.parent else ''} | {history[-1]['step']:,} steps, "
-        f"{history[-1]['epoch']} epochs, {training_hours(args.run):.2f} h |",
+        f"| training{f' (stage {stage})' if args.parent else ''} | {history[-1]['step']:,} "
+        f"steps, {history[-1]['epoch']} epochs, {_duration(training_hours(args.run, history))} |",
         f"| best validation mean IoU (all classes, volumetric) | {best['val']['mean_iou']:.3f} "
         f"(epoch {best['epoch']}) |",
         f"| exported checkpoint on validation: mean IoU / near-surface IoU / whole-heart IoU | "

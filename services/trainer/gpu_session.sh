@@ -4,6 +4,11 @@
 #
 #   OUT=/tmp/gpu-out bash services/trainer/gpu_session.sh
 #
+# The defaults are the second H200 lease's (2026-11-26, stage 3 of the bundled checkpoint): 562 s
+# in all, so one call fits a 15-minute lease with the machine's start. Keep the whole log under
+# $OUT (tee, as below): output piped through a filter such as grep is held in its buffer and lost
+# when the call runs past its limit.
+#
 # BUDGET_S is the whole script's wall time; training gets what the other steps leave
 # (RESERVE_S is kept for export and the latency benchmark). PHANTOMS, PREPARE_S (a cap on data
 # preparation: what is finished by then is used), POINTS (samples of each kind per volume:
@@ -22,11 +27,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to a folder for the results}
-BUDGET_S=${BUDGET_S:-540}
-RESERVE_S=${RESERVE_S:-150}
-PHANTOMS=${PHANTOMS:-200}
-PREPARE_S=${PREPARE_S:-110}
-POINTS=${POINTS:-100000}
+BUDGET_S=${BUDGET_S:-530}
+RESERVE_S=${RESERVE_S:-100}
+PHANTOMS=${PHANTOMS:-300}
+PREPARE_S=${PREPARE_S:-75}
+POINTS=${POINTS:-40000}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-15}
 CONFIG=${CONFIG:-services/trainer/configs/small-phantoms-gpu.yaml}
@@ -53,9 +58,9 @@ heartvec export-checkpoint "$RUN/checkpoint-last.pt" "$OUT/heartvec-small.pt"
 heartvec export-checkpoint "$RUN/checkpoint-best.pt" "$OUT/heartvec-small-best.pt"
 cp "$RUN/history.json" "$RUN/training_curve.png" "$OUT/"
 
-if [ "${LATENCY_REPEATS:-2}" -gt 0 ]; then
+if [ "${LATENCY_REPEATS:-1}" -gt 0 ]; then
   python3 bench/reconstruct.py --checkpoint "$OUT/heartvec-small.pt" --device "$DEVICE" \
-    --latency-only --repeats "${LATENCY_REPEATS:-2}"
+    --latency-only --repeats "${LATENCY_REPEATS:-1}"
   cp bench/results/reconstruct_latency_"${DEVICE%%:*}".json "$OUT/"
 fi
 echo "done in $((SECONDS - started)) s"
