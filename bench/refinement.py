@@ -11,8 +11,10 @@ the label volume against the input: Dice per class, means over all classes and o
 large ones.
 
 Usage: .venv/bin/python bench/refinement.py [--checkpoint CKPT] [--seeds 7000 7001 ...]
-           [--settings latents:0.08:20 context:0.03:150 ...] [--resolution 128]
-Writes bench/results/refinement.json, bench/results/refinement.png and a BENCHMARKS.md section.
+           [--settings latents:0.08:20 context:0.03:150 context:0.03:150:1 ...] [--resolution 128]
+(a setting's optional fourth field is the weight of the sign term in the fit loss)
+Writes bench/results/refinement.json, bench/results/refinement.png and a BENCHMARKS.md section
+(`--append`: adds its settings to the earlier run's, for the same checkpoint and cases).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
 from heartvec.phantom import make_phantom
+from heartvec.reconstruction import defaults
 from heartvec.reconstruction.meshes import label_volume
 from heartvec.reconstruction.metrics import overlap
 from heartvec.reconstruction.pipeline import (
@@ -69,23 +72,30 @@ def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     }
 
 
-Setting = tuple[str, float, int]
-"""(target, step size, steps); steps 0: no refinement."""
+Setting = tuple[str, float, int, float]
+"""(target, step size, steps, sign weight); steps 0: no refinement."""
 
-DEFAULT_SETTINGS = ["latents:0.08:10", "latents:0.08:20", "latents:0.08:40"] + [
-    f"context:{lr}:{steps}" for lr in ("0.03", "0.05") for steps in (50, 100, 150, 200)
+DEFAULT_SETTINGS = ["latents:0.08:20:0"] + [
+    f"context:0.03:{steps}:{sign}" for steps in (150, 200) for sign in (0, 3, 10, 30, 100)
 ]
 
 
 def parse_setting(text: str) -> Setting:
-    target, lr, steps = text.split(":")
-    if target not in TARGETS:
-        raise argparse.ArgumentTypeError(f"{text}: target must be one of {TARGETS}")
-    return target, float(lr), int(steps)
+    """'target:step size:steps[:sign weight]' (sign weight: the default's when left out)."""
+    fields = text.split(":")
+    if len(fields) not in (3, 4) or fields[0] not in TARGETS:
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected target:step size:steps[:sign weight], target one of {TARGETS}"
+        )
+    sign = float(fields[3]) if len(fields) == 4 else defaults.REFINE_SIGN_WEIGHT
+    return fields[0], float(fields[1]), int(fields[2]), sign
 
 
 def label(row: dict[str, Any]) -> str:
-    return f"{row['target']} {row['lr']:g}" if row["steps"] else "none"
+    if not row["steps"]:
+        return "none"
+    sign = row.get("sign_weight", 0.0)
+    return f"{row['target']} {row['lr']:g}" + (f" sign {sign:g}" if sign else "")
 
 
 def sweep_case(
@@ -104,14 +114,15 @@ def sweep_case(
     with torch.no_grad():
         encoded = model.encode(points.to(device), labels.to(device)).float()
     rows = []
-    for target, lr, steps in tqdm(settings, desc=Path(volume.path).name, leave=False):
+    for target, lr, steps, sign in tqdm(settings, desc=Path(volume.path).name, leave=False):
         started = time.perf_counter()
         record = None
         if steps:
             rng = np.random.default_rng(1)  # the same fit points for every setting
             _, context, record = refine_latents(
-                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr, target
-            )
+                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr,
+                target, sign,
+            )  # fmt: skip
         else:
             with torch.no_grad():
                 context = model.process(encoded)
@@ -125,6 +136,7 @@ def sweep_case(
                 "target": target,
                 "lr": lr,
                 "steps": steps,
+                "sign_weight": sign,
                 "refine_s": round(refine_s, 2),
                 "held_out_iou_after": record and record["mean_held_out_iou_after"],
                 **score(volume, classes),
@@ -145,11 +157,17 @@ def main() -> int:
         help="target:step size:steps, each refining the same encoding (none is always run)",
     )
     parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add these settings to bench/results/refinement.json (same checkpoint, seeds and "
+        "resolution) instead of replacing it",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     loaded = load_model(checkpoint, args.device)
-    settings = [("latents", 0.0, 0), *args.settings]
+    settings = [("latents", 0.0, 0, 0.0), *args.settings]
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -165,6 +183,7 @@ def main() -> int:
             "target": ReconstructSettings.refine_target,
             "steps": ReconstructSettings.refine_steps,
             "lr": ReconstructSettings.refine_lr,
+            "sign_weight": defaults.REFINE_SIGN_WEIGHT,
         },
         "phantoms": {},
     }
@@ -184,10 +203,40 @@ def main() -> int:
         volume = load_label_volume(REAL_HEART, load_label_table("mmwhs"))
         results["real_heart"] = sweep_case(loaded, volume, settings, args.resolution)
     out = REPO / "bench" / "results"
+    if args.append:
+        results = merged(json.loads((out / "refinement.json").read_text()), results)
     (out / "refinement.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "refinement.png")
     update_benchmarks(results)
     return 0
+
+
+def merged(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`earlier`'s rows with `new`'s settings added (a setting in both: `new`'s row). Every
+    setting refines the same encoding from the same random state, so rows of two runs compare;
+    only their seconds come from different runs."""
+    for field in ("checkpoint_sha256", "seeds", "resolution"):
+        if earlier[field] != new[field]:
+            raise SystemExit(f"--append: {field} differs from bench/results/refinement.json")
+
+    def setting_of(row: dict[str, Any]) -> tuple[str, float, int, float]:
+        if not row["steps"]:
+            return ("none", 0.0, 0, 0.0)
+        return row["target"], row["lr"], row["steps"], row.get("sign_weight", 0.0)
+
+    def merge(old_rows: list[dict[str, Any]], new_rows: list[dict[str, Any]]) -> list[Any]:
+        rows = {setting_of(r): r for r in old_rows} | {setting_of(r): r for r in new_rows}
+        none = rows.pop(("none", 0.0, 0, 0.0))
+        return [none, *sorted(rows.values(), key=setting_of)]
+
+    result = dict(new)
+    result["date"] = f"{earlier['date']} and {new['date']}"
+    result["phantoms"] = {
+        seed: merge(rows, new["phantoms"][seed]) for seed, rows in earlier["phantoms"].items()
+    }
+    if "real_heart" in earlier and "real_heart" in new:
+        result["real_heart"] = merge(earlier["real_heart"], new["real_heart"])
+    return result
 
 
 def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -198,6 +247,7 @@ def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
             "target": rows[0]["target"],
             "lr": rows[0]["lr"],
             "steps": rows[0]["steps"],
+            "sign_weight": rows[0].get("sign_weight", 0.0),
             **{
                 key: float(np.mean([r[key] for r in rows]))
                 for key in ("mean_dice", "mean_dice_large", "refine_s")
@@ -253,17 +303,22 @@ def update_benchmarks(results: dict[str, Any]) -> None:
         "selection or other benchmark uses) and the real heart; each setting refines the same "
         f"encoding from the same random state; label volume from a resolution "
         f"{results['resolution']} grid. The default chosen from it: {default['steps']} steps at "
-        f"{default['lr']:g} on the {default['target']}.",
+        f"{default['lr']:g} on the {default['target']}, sign term weight "
+        f"{default.get('sign_weight', 0.0):g}.",
         "",
-        "| target | step size | steps | phantoms mean Dice | seven large | refinement s | "
-        "real heart mean Dice |",
-        "|---|---|---|---|---|---|---|",
+        "| target | step size | sign term | steps | phantoms mean Dice | seven large | "
+        "refinement s | real heart mean Dice |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row, heart in zip(means, real, strict=True):
-        target, lr = (row["target"], f"{row['lr']:g}") if row["steps"] else ("-", "-")
+        target, lr, sign = (
+            (row["target"], f"{row['lr']:g}", f"{row['sign_weight']:g}")
+            if row["steps"]
+            else ("-", "-", "-")
+        )
         heart_dice = f"{heart['mean_dice']:.3f}" if heart else "-"
         lines.append(
-            f"| {target} | {lr} | {row['steps']} | {row['mean_dice']:.3f} | "
+            f"| {target} | {lr} | {sign} | {row['steps']} | {row['mean_dice']:.3f} | "
             f"{row['mean_dice_large']:.3f} | {row['refine_s']:.1f} | {heart_dice} |"
         )
     lines += ["", "![refinement sweep](bench/results/refinement.png)"]

@@ -59,6 +59,7 @@ class ReconstructSettings:
     refine_lr: Adam's step size for those steps.
     refine_target: what the steps change: 'context' (the processed latent set the decoder
         attends to) or 'latents' (the latent set; see heartvec.reconstruction.refine).
+    refine_sign_weight: weight of the sign term in the refinement's fit loss (0: L1 only).
     device: 'cpu', 'cuda' or 'cuda:N'.
     seed: seeds the surface sampling.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
@@ -71,6 +72,7 @@ class ReconstructSettings:
     refine_steps: int = defaults.REFINE_STEPS
     refine_lr: float = defaults.REFINE_LR
     refine_target: str = defaults.REFINE_TARGET
+    refine_sign_weight: float = defaults.REFINE_SIGN_WEIGHT
     device: str = "cpu"
     seed: int = 0
     precision: str = "auto"
@@ -216,6 +218,7 @@ def reconstruct(
                 rng,
                 settings.refine_lr,
                 settings.refine_target,
+                settings.refine_sign_weight,
             )
     with clock.stage("decode"), decode_autocast(dtype, device):
         if context is None:
