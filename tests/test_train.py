@@ -378,3 +378,20 @@ def test_shipped_configs_load_and_their_recipes_name_real_files(config: Path) ->
         for word in line.split():
             if word.startswith(("services/", "shared/")):
                 assert (REPO / word).exists(), f"{config.name}: {word} does not exist"
+
+
+def test_learning_rate_ramps_then_follows_steps_or_time() -> None:
+    """Warm-up, then the cosine by steps or by the time limit's fraction, whichever is further;
+    a time limit that ends within the warm-up (a slow machine) ends low too."""
+    from heartvec_trainer.train import learning_rate_factor
+
+    config = TRAIN_PRESETS["tiny"]  # warm-up 20 steps
+    assert learning_rate_factor(9, config, 1000) == pytest.approx(0.5)
+    assert learning_rate_factor(20, config, 1000) == pytest.approx(1.0)
+    assert learning_rate_factor(1000, config, 1000) == pytest.approx(config.min_lr_ratio)
+    halfway = learning_rate_factor(20, config, 1000, time_fraction=0.5)
+    assert halfway == pytest.approx(config.min_lr_ratio + (1 - config.min_lr_ratio) / 2)
+    assert learning_rate_factor(9, config, 1000, time_fraction=1.0) == pytest.approx(
+        config.min_lr_ratio
+    )
+    assert learning_rate_factor(9, config, 1000, time_fraction=0.1) == pytest.approx(0.5)

@@ -127,14 +127,15 @@ def learning_rate_factor(
     step: int, config: TrainConfig, total_steps: int, time_fraction: float = 0.0
 ) -> float:
     """Linear warm-up to 1, then cosine decay to `min_lr_ratio`, by steps or by the fraction of
-    the time limit spent, whichever is further along."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-    progress = max(progress, min(1.0, time_fraction))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
+    the time limit spent, whichever is further along. The time's cosine caps the warm-up too,
+    so a run whose time limit ends within the warm-up (a slow machine) still ends low."""
+    warm = (step + 1) / config.warmup_steps if step < config.warmup_steps else 1.0
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    progress = max(0.0, min(1.0, max(progress, time_fraction)))
+    decayed = config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
         1 + math.cos(math.pi * progress)
     )
+    return min(warm, decayed)
 
 
 def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
