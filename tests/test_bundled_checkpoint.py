@@ -18,7 +18,8 @@ from heartvec.settings import BUNDLED_CHECKPOINT
 CLI = Callable[..., tuple[int, str, str]]
 
 # floors: the measured values of BENCHMARKS.md minus a margin for other seeds and resolutions
-# (stage-3 checkpoint, 200 refinement steps with the sign term; resolution 128, defaults)
+# (stage-3 checkpoint, refinement with the sign term; resolution 128, defaults; measured with
+# 200 steps, the default before 300)
 PHANTOM_MEAN_DICE = 0.80  # measured 0.900 on this phantom (seed 7, 112^3 at 1.8 mm)
 PHANTOM_MEAN_DICE_LARGE = 0.85  # measured 0.943
 REAL_HEART_MEAN_DICE_LARGE = 0.70  # measured 0.856 (bench/refinement.py's real-heart row)

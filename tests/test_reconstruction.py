@@ -190,7 +190,7 @@ def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
     state = load_checkpoint(exported)
     assert "optimizer" not in state and state["model_config"]["width"] == 64
     table = load_label_table("default")
-    # without refinement: its 200 steps amplify float16's last bits in the tiny model's thin
+    # without refinement: its hundreds of steps amplify float16's last bits in the tiny model's thin
     # veins (0.022 Dice apart at resolution 48); the weights are what the export changes
     settings = ReconstructSettings(resolution=48, refine_steps=0)
     full = reconstruct(phantom, tmp_path / "full", table, checkpoint, settings)
