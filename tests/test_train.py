@@ -3,6 +3,7 @@ checkpoints are refused clearly when broken, and `evaluate` reports metrics."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from heartvec.errors import InputError
 from heartvec.model.checkpoint import load_checkpoint
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_trainer import distributed
 from heartvec_trainer.config import TRAIN_PRESETS
 from heartvec_trainer.data import PreparedShapes, read_split
 from heartvec_trainer.losses import training_loss
@@ -100,19 +103,29 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
 def _rank_gradients(rank: int, world: int, init: str, batch_file: str, out: str) -> None:
     """One DDP rank on half of a fixed batch; rank 0 writes the synchronised gradients."""
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    gc.disable()  # as when the collector happens not to run before exit
+    gradients, model = _ddp_backward(rank, world, batch_file)
+    if rank == 0:
+        torch.save(gradients, out)
+    # the DDP model, out of scope now, is still alive (it sits in a reference cycle) and
+    # hold the group: stop must collect it before destroying the group, or gloo's threads die
+    # unjoined at exit (SIGABRT, "terminate called without an active exception", seen in
+    # fresh-clone CI runs)
+    distributed.stop(distributed.Runtime(rank, rank, world, torch.device("cpu")))
+    assert model() is None
+
+
+def _ddp_backward(
+    rank: int, world: int, batch_file: str
+) -> tuple[dict[str, torch.Tensor], weakref.ref[torch.nn.Module]]:
     torch.manual_seed(0)
     model = torch.nn.parallel.DistributedDataParallel(VecSetAutoencoder(MODEL_PRESETS["tiny"]))
     batch = torch.load(batch_file)
     half = {k: v.chunk(world)[rank] for k, v in batch.items()}
     loss, _, _ = training_loss(model, half, TRAIN_PRESETS["tiny"])
     loss.backward()
-    if rank == 0:
-        torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
-    # as heartvec_trainer.distributed.stop does: without it, one rank could tear gloo down while
-    # the other still held its connection ("terminate called without an active exception",
-    # SIGABRT: seen once in a fresh-clone CI run)
-    dist.barrier()
-    dist.destroy_process_group()
+    gradients = {n: p.grad.detach().clone() for n, p in model.module.named_parameters()}
+    return gradients, weakref.ref(model)
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process(dataset: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -48,6 +49,14 @@ def start(device_name: str | None = None) -> Runtime:
 
 
 def stop(runtime: Runtime) -> None:
+    """Leave the process group so that its threads are joined here, not at interpreter exit.
+
+    DistributedDataParallel sits in a reference cycle, so a model that went out of scope still
+    holds the group until the garbage collector runs; if that happens only at exit, gloo's
+    threads are destroyed unjoined and the process aborts ("terminate called without an active
+    exception", SIGABRT). Collect first, wait for every rank, then destroy.
+    """
     if runtime.distributed and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
