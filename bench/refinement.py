@@ -40,7 +40,7 @@ from heartvec.labels import LARGE_CLASSES, load_label_table
 from heartvec.phantom import make_phantom
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.meshes import label_volume
-from heartvec.reconstruction.metrics import overlap
+from heartvec.reconstruction.metrics import overlaps
 from heartvec.reconstruction.pipeline import (
     LoadedModel,
     ReconstructSettings,
@@ -60,10 +60,8 @@ from heartvec.volume import LabelVolume, load_label_volume
 def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     """Dice per class present in the input; means over all of them and the large ones."""
     present = [int(c) for c in np.flatnonzero(volume.class_present()) + 1]
-    dice = {
-        volume.label_table.class_name(c): overlap(volume.classes, classes, c)["dice"]
-        for c in present
-    }
+    overlap = overlaps(volume.classes, classes, present)
+    dice = {volume.label_table.class_name(c): overlap[c]["dice"] for c in present}
     large = [v for k, v in dice.items() if k in LARGE_CLASSES]
     return {
         "dice": dice,

@@ -26,11 +26,7 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
     The grid is padded with 'outside' so a surface touching its border still closes.
     """
     meshes = {}
-    negative = grid.values < 0
-    # per axis and class: does any grid point of that slab lie inside (one pass for all classes)
-    extent = [
-        np.asarray(negative.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
-    ]
+    extent = grid.negative_extent
     for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
         # marching cubes on the box around this class only (one voxel wider on each side: the
         # zero level lies between a negative point and its neighbours)
@@ -62,64 +58,72 @@ def label_volume(
     negative, else background (0). uint8, the input's shape.
 
     Input voxel -> grid index is one affine map, so each class is resampled trilinearly over
-    the input voxels the grid covers; voxels outside it stay 0. On a GPU `device` by
-    `grid_sample` (milliseconds), elsewhere by scipy's `affine_transform` on threads (as fast
-    as `grid_sample` on a CPU, without its coordinate arrays). `resampler` 'torch' or 'scipy'
-    picks one ('auto': by `device`).
+    the input voxels around its own negative grid points only (a box per class, a small part of
+    the heart's); voxels beyond the grid stay 0. On a GPU `device` by `grid_sample`, elsewhere
+    by scipy's `affine_transform` on threads (as fast as `grid_sample` on a CPU, without its
+    coordinate arrays). `resampler` 'torch' or 'scipy' picks one ('auto': by `device`).
     """
-    shape = np.array(volume.shape)
     unit = np.vstack([np.zeros(3), np.eye(3)])  # voxel (0,0,0) and the three unit steps
     mapped = (normalization.to_normalized(volume.world_from_voxel(unit)) - grid.low) / grid.spacing
     offset, matrix = mapped[0], (mapped[1:] - mapped[0]).T  # grid = matrix @ ijk + offset
-    # the input voxels inside the grid: its 8 corners mapped back, a voxel of slack
-    size = np.array(grid.values.shape[:3]) - 1
-    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * size
-    voxels = np.linalg.solve(matrix, (corners - offset).T).T
-    start = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, shape)
-    stop = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, shape)
-    labels = np.zeros(volume.shape, dtype=np.uint8)
-    if np.any(stop <= start):
-        return labels
-    minimum = torch.from_numpy(grid.values).amin(dim=(0, 1, 2))  # (C,), on every core
-    channels = [int(c) for c in torch.nonzero(minimum < 0).flatten()]
-    block = _Block(matrix, offset, start, stop)
+    boxes = _class_boxes(grid, matrix, offset, np.array(volume.shape))
     if resampler == "torch" or (resampler == "auto" and torch.device(device).type == "cuda"):
-        best_class = _lowest_class_torch(grid, channels, block, device)
-    else:
-        best_class = _lowest_class_scipy(grid, channels, block)
-    labels[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = best_class
-    return labels
+        return _lowest_class_torch(grid, boxes, volume.shape, device)
+    return _lowest_class_scipy(grid, boxes, volume.shape)
 
 
-class _Block(NamedTuple):
-    """Input voxels start..stop (exclusive) and their map to grid indices: matrix @ ijk + offset."""
+class _ClassBox(NamedTuple):
+    """One class's input voxels start..stop (exclusive), and its grid values crop..crop+n
+    padded by one 'outside' point each side, `padded_index = matrix @ ijk + offset`."""
 
-    matrix: np.ndarray
-    offset: np.ndarray
+    channel: int
     start: np.ndarray
     stop: np.ndarray
+    values: np.ndarray
+    matrix: np.ndarray
+    offset: np.ndarray
 
 
-def _padded(values: np.ndarray) -> np.ndarray:
-    """One class's grid padded with 'outside', so the interpolation reads real values up to
-    the grid's edge and 'outside' beyond it."""
-    return np.pad(values.astype(np.float32), 1, constant_values=_OUTSIDE)
+def _class_boxes(
+    grid: SdfGrid, matrix: np.ndarray, offset: np.ndarray, shape: np.ndarray
+) -> list[_ClassBox]:
+    """The box of input voxels where each class can be negative: trilinear interpolation reads
+    the 8 grid points around a voxel, so only voxels within one grid step of the class's
+    negative grid points can; its grid values are cropped to the same reach."""
+    extent = grid.negative_extent
+    size = np.array(grid.values.shape[:3])
+    boxes = []
+    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
+        hits = [np.flatnonzero(extent[axis][:, channel]) for axis in range(3)]
+        low = np.array([h[0] for h in hits]) - 1  # grid indices a negative voxel can map to
+        high = np.array([h[-1] for h in hits]) + 1
+        corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
+        voxels = np.linalg.solve(matrix, (low + corners * (high - low) - offset).T).T
+        start = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, shape)
+        stop = np.clip(np.ceil(voxels.max(axis=0)).astype(int) + 2, 0, shape)
+        if np.any(stop <= start):
+            continue
+        crop = np.maximum(low, 0), np.minimum(high + 2, size)  # the 8 points' reach
+        values = grid.values[(*(slice(a, b) for a, b in zip(*crop, strict=True)), channel)]
+        padded = np.pad(values.astype(np.float32), 1, constant_values=_OUTSIDE)
+        boxes.append(_ClassBox(channel, start, stop, padded, matrix, offset + 1 - crop[0]))
+    return boxes
 
 
-def _lowest_class_scipy(grid: SdfGrid, channels: list[int], voxels: _Block) -> np.ndarray:
-    """uint8 class (0: none negative) of the block's input voxels, classes resampled by
-    `affine_transform` a few at a time on threads."""
-    matrix, offset, start, stop = voxels
-    block = tuple(int(n) for n in stop - start)
-    best = np.full(block, np.inf, dtype=np.float32)
-    best_class = np.zeros(block, dtype=np.uint8)
+def _lowest_class_scipy(
+    grid: SdfGrid, boxes: list[_ClassBox], shape: tuple[int, ...]
+) -> np.ndarray:
+    """uint8 class (0: none negative) per input voxel, each class resampled over its box by
+    `affine_transform`, a few classes at a time on threads."""
+    best = np.full(shape, np.inf, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
 
-    def resampled(c: int) -> np.ndarray:
+    def resampled(box: _ClassBox) -> np.ndarray:
         return affine_transform(
-            _padded(grid.values[..., c]),
-            matrix,
-            offset=matrix @ start + offset + 1,
-            output_shape=block,
+            box.values,
+            box.matrix,
+            offset=box.matrix @ box.start + box.offset,
+            output_shape=tuple(int(n) for n in box.stop - box.start),
             order=1,
             mode="constant",
             cval=_OUTSIDE,
@@ -128,43 +132,48 @@ def _lowest_class_scipy(grid: SdfGrid, channels: list[int], voxels: _Block) -> n
 
     workers = max(1, min(torch.get_num_threads(), 4))  # scipy releases the GIL here
     with ThreadPoolExecutor(workers) as pool:
-        for first in range(0, len(channels), workers):  # a few classes' volumes at a time
-            batch = channels[first : first + workers]
-            for c, sdf in zip(batch, pool.map(resampled, batch), strict=True):
-                lower = sdf < best
-                best[lower] = sdf[lower]
-                best_class[lower] = c + 1
-    best_class[best >= 0] = 0
-    return best_class
+        for box, sdf in zip(boxes, pool.map(resampled, boxes), strict=True):
+            where = tuple(slice(a, b) for a, b in zip(box.start, box.stop, strict=True))
+            lowest, lowest_class = best[where], labels[where]
+            lower = sdf < lowest
+            lowest[lower] = sdf[lower]
+            lowest_class[lower] = box.channel + 1
+    labels[best >= 0] = 0
+    return labels
 
 
 def _lowest_class_torch(
-    grid: SdfGrid, channels: list[int], voxels: _Block, device: torch.device | str
+    grid: SdfGrid, boxes: list[_ClassBox], shape: tuple[int, ...], device: torch.device | str
 ) -> np.ndarray:
     """As `_lowest_class_scipy`, by `grid_sample` on `device`, a slab of voxels at a time."""
-    matrix, offset, start, stop = voxels
-    block = [int(n) for n in stop - start]
-    # grid_sample's coordinates of voxel ijk: the grid index (+1: the padding) scaled to
-    # [-1, 1] (align_corners), in its (x, y, z) = (last, middle, first axis) order
-    scale = 2 / (np.array(grid.values.shape[:3]) + 1)
-    to_sample = torch.from_numpy(np.flip((matrix * scale[:, None]).T, axis=1).copy()).float()
-    shift = torch.from_numpy(np.flip((offset + 1) * scale - 1).copy()).float()
-    to_sample, shift = to_sample.to(device), shift.to(device)
-    axes = [
-        torch.arange(a, b, dtype=torch.float32, device=device)
-        for a, b in zip(start, stop, strict=True)
-    ]
-    slab = max(1, _SLAB_POINTS // (block[1] * block[2]))
-    best = torch.full(block, np.inf, dtype=torch.float32, device=device)
-    best_class = torch.zeros(block, dtype=torch.uint8, device=device)
-    for channel in channels:
-        values = torch.from_numpy(_padded(grid.values[..., channel])).to(device)[None, None]
+    best = torch.full(shape, np.inf, dtype=torch.float32, device=device)
+    labels = torch.zeros(shape, dtype=torch.uint8, device=device)
+    for box in boxes:
+        block = [int(n) for n in box.stop - box.start]
+        values = torch.from_numpy(box.values).to(device)[None, None]
+        # grid_sample's coordinates of voxel ijk: the padded index scaled to [-1, 1]
+        # (align_corners), in its (x, y, z) = (last, middle, first axis) order
+        scale = 2 / (np.array(box.values.shape) - 1)
+        to_sample = np.flip((box.matrix * scale[:, None]).T, axis=1).copy()
+        shift = np.flip(box.offset * scale - 1).copy()
+        to_sample_t = torch.from_numpy(to_sample).float().to(device)
+        shift_t = torch.from_numpy(shift).float().to(device)
+        axes = [
+            torch.arange(a, b, dtype=torch.float32, device=device)
+            for a, b in zip(box.start, box.stop, strict=True)
+        ]
+        slab = max(1, _SLAB_POINTS // (block[1] * block[2]))
         for first in range(0, block[0], slab):
             ijk = torch.meshgrid(axes[0][first : first + slab], axes[1], axes[2], indexing="ij")
-            where = torch.stack(ijk, -1) @ to_sample + shift  # (slab, B1, B2, 3)
+            where = torch.stack(ijk, -1) @ to_sample_t + shift_t  # (slab, B1, B2, 3)
             sdf = F.grid_sample(values, where[None], align_corners=True, padding_mode="border")
-            lowest, lowest_class = best[first : first + slab], best_class[first : first + slab]
-            lowest_class.masked_fill_(sdf[0, 0] < lowest, channel + 1)
+            i = int(box.start[0]) + first
+            region = (
+                slice(i, i + len(ijk[0])),
+                *(slice(a, b) for a, b in zip(box.start[1:], box.stop[1:], strict=True)),
+            )
+            lowest, lowest_class = best[region], labels[region]
+            lowest_class.masked_fill_(sdf[0, 0] < lowest, box.channel + 1)
             torch.minimum(lowest, sdf[0, 0], out=lowest)
-    best_class.masked_fill_(best >= 0, 0)
-    return best_class.cpu().numpy()
+    labels.masked_fill_(best >= 0, 0)
+    return labels.cpu().numpy()

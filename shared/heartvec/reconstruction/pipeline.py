@@ -11,6 +11,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid
 from heartvec.reconstruction.meshes import class_meshes, label_volume
-from heartvec.reconstruction.metrics import overlap, surface_distances
+from heartvec.reconstruction.metrics import overlaps, surface_distances
 from heartvec.reconstruction.refine import TARGETS as REFINE_TARGETS
 from heartvec.reconstruction.refine import refine_latents
 from heartvec.reconstruction.render import render_preview
@@ -48,6 +49,8 @@ Progress = Callable[[str, float], None]
 """Called with (stage name, overall fraction done in [0, 1]) as each stage starts."""
 
 STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
+"""In order. The preview PNG is drawn on a thread from the start of 'write' to the end of
+'report' (their timings include waiting for it)."""
 GRID_MARGIN = 0.05  # normalized units of room around the input's surfaces
 
 
@@ -233,41 +236,46 @@ def reconstruct(
     with clock.stage("labels"):
         classes = label_volume(grid, normalization, volume, device)
         classes[~np.isin(classes, list(present))] = 0
-    with clock.stage("write"):
+    with ThreadPoolExecutor(1) as preview_thread:  # matplotlib's drawing beside the rest
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_meshes(meshes, label_table, out_dir)
-        write_label_volume(classes, volume.affine, label_table, out_dir / "reconstruction.nii.gz")
-        np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
-        render_preview(volume, classes, meshes, out_dir / "preview.png")
-        (out_dir / "slices.json").write_text(json.dumps(slice_contours(volume)))
-    with clock.stage("report"):
-        class_metrics = _class_metrics(volume, classes, surfaces, meshes)
-        report: dict[str, Any] = {
-            "input": str(source),
-            "label_table": label_table.name,
-            "classes": class_metrics,
-            "grid": {
-                "resolution": settings.resolution,
-                "evaluated_points": grid.evaluated,
-                "decoding": "dense" if grid.evaluated == settings.resolution**3 else "band",
-                "low": grid.low.tolist(),
-                "high": grid.high.tolist(),
-            },
-            "normalization": {
-                "center_mm": normalization.center.tolist(),
-                "scale_mm": normalization.scale,
-            },
-            "model": {
-                "preset": state.get("preset"),
-                "epoch": state.get("epoch"),
-                "checkpoint": str(loaded.checkpoint),
-                "checkpoint_sha256": loaded.sha256,
-            },
-            "device": str(device),
-            "precision": "bf16" if dtype is not None else "fp32",
-            "refinement": refinement,
-        }
-        report["summary"] = _summary(class_metrics)
+        preview = preview_thread.submit(
+            render_preview, volume, classes, meshes, out_dir / "preview.png"
+        )
+        with clock.stage("write"):
+            write_meshes(meshes, label_table, out_dir)
+            path = out_dir / "reconstruction.nii.gz"
+            write_label_volume(classes, volume.affine, label_table, path)
+            np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
+            (out_dir / "slices.json").write_text(json.dumps(slice_contours(volume)))
+        with clock.stage("report"):
+            class_metrics = _class_metrics(volume, classes, surfaces, meshes)
+            preview.result()
+            report: dict[str, Any] = {
+                "input": str(source),
+                "label_table": label_table.name,
+                "classes": class_metrics,
+                "grid": {
+                    "resolution": settings.resolution,
+                    "evaluated_points": grid.evaluated,
+                    "decoding": "dense" if grid.evaluated == settings.resolution**3 else "band",
+                    "low": grid.low.tolist(),
+                    "high": grid.high.tolist(),
+                },
+                "normalization": {
+                    "center_mm": normalization.center.tolist(),
+                    "scale_mm": normalization.scale,
+                },
+                "model": {
+                    "preset": state.get("preset"),
+                    "epoch": state.get("epoch"),
+                    "checkpoint": str(loaded.checkpoint),
+                    "checkpoint_sha256": loaded.sha256,
+                },
+                "device": str(device),
+                "precision": "bf16" if dtype is not None else "fp32",
+                "refinement": refinement,
+            }
+            report["summary"] = _summary(class_metrics)
     report["timings"] = {**clock.timings, "total_s": round(sum(clock.timings.values()), 3)}
     report["peak_memory_mb"] = peak_memory_mb()
     if device.type == "cuda":
@@ -394,9 +402,10 @@ def _class_metrics(
     meshes: dict[int, Surface],
 ) -> dict[str, dict[str, float | None]]:
     metrics: dict[str, dict[str, float | None]] = {}
+    overlap = overlaps(volume.classes, classes, surfaces)
     for class_index, surface in surfaces.items():
         name = volume.label_table.class_name(class_index)
-        row: dict[str, float | None] = dict(overlap(volume.classes, classes, class_index))
+        row: dict[str, float | None] = dict(overlap[class_index])
         if class_index in meshes:
             row.update(surface_distances(surface, meshes[class_index]))
         else:

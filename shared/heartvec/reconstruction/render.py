@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from heartvec.reconstruction.export import class_colour
@@ -20,8 +20,11 @@ def render_preview(
     volume: LabelVolume, reconstructed: np.ndarray, meshes: dict[int, Surface], path: Path
 ) -> None:
     """Three slices through the heart's centre (input labels filled, reconstruction outlined)
-    and a 3-D view of the class meshes, as one PNG."""
-    figure = plt.figure(figsize=(16, 5), constrained_layout=True)
+    and a 3-D view of the class meshes, as one PNG.
+
+    A `Figure` of its own, outside pyplot's global state: the pipeline renders it on a thread
+    while it computes the report."""
+    figure = Figure(figsize=(16, 5), constrained_layout=True)
     colours = ListedColormap(["white", *(f"C{i}" for i in range(10))])
     centre = np.round(np.argwhere(volume.classes > 0).mean(axis=0)).astype(int)
     slices = {
@@ -60,4 +63,3 @@ def render_preview(
             getattr(view, f"set_{axis}lim")(middle - half, middle + half)
     view.set(title="meshes (world mm, RAS+)", xlabel="x (R)", ylabel="y (A)", zlabel="z (S)")
     figure.savefig(path, dpi=80)
-    plt.close(figure)
