@@ -104,7 +104,8 @@ def _class_boxes(
         if np.any(stop <= start):
             continue
         crop = np.maximum(low, 0), np.minimum(high + 2, size)  # the 8 points' reach
-        values = grid.values[(*(slice(a, b) for a, b in zip(*crop, strict=True)), channel)]
+        region: tuple[slice | int, ...] = (*map(slice, *crop), channel)
+        values = grid.values[region]
         padded = np.pad(values.astype(np.float32), 1, constant_values=_OUTSIDE)
         boxes.append(_ClassBox(channel, start, stop, padded, matrix, offset + 1 - crop[0]))
     return boxes

@@ -20,8 +20,10 @@ def overlaps(
     One pass: a joint histogram of (reference, reconstructed) value pairs gives every class's
     intersection and sizes (masks per class took 0.6 s at 256^3 with ten classes, this 0.15 s).
     """
-    a, b = (torch.from_numpy(x.astype(np.uint8, copy=False)) for x in (reference, reconstructed))
-    pairs = (a.to(torch.int32) << 8) | b
+    first, second = (
+        torch.from_numpy(x.astype(np.uint8, copy=False)) for x in (reference, reconstructed)
+    )
+    pairs = (first.to(torch.int32) << 8) | second
     joint = torch.bincount(pairs.ravel(), minlength=256 * 256).reshape(256, 256).numpy()
     result = {}
     for c in class_indices:
