@@ -229,6 +229,8 @@ def merged(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
     result = dict(new)
     result["date"] = f"{earlier['date']} and {new['date']}"
+    if earlier["machine"] != new["machine"]:  # the seconds of the two runs' rows do not compare
+        result["machine"] = f"{earlier['machine']} and (the rows of {new['date']}) {new['machine']}"
     result["phantoms"] = {
         seed: merge(rows, new["phantoms"][seed]) for seed, rows in earlier["phantoms"].items()
     }
