@@ -81,10 +81,12 @@ def _loss(
     """L1 of the SDF at the surface (own class, x10) and at the queries (every class), plus,
     with `sign_weight`, the training's sign term: binary cross-entropy of
     sigmoid(-prediction / SIGN_TEMPERATURE) against "inside" at the queries, because Dice
-    counts signs and L1 does not."""
-    at_surface = model.decode(context, data["surface"])  # (1, S, C)
+    counts signs and L1 does not. One decoder pass for both kinds of points (it decodes each
+    point on its own; one pass projects the context once and halves the kernel launches)."""
+    surface_count = data["surface"].shape[1]
+    decoded = model.decode(context, torch.cat([data["surface"], data["queries"]], dim=1))
+    at_surface, predicted = decoded[:, :surface_count], decoded[:, surface_count:]  # (1, S|Q, C)
     own = at_surface.gather(-1, data["labels"].unsqueeze(-1) - 1)
-    predicted = model.decode(context, data["queries"])  # (1, Q, C)
     target = data["sdf"].clamp(-truncation, truncation) / truncation if truncation else data["sdf"]
     loss = 10 * own.abs().mean() + (predicted - target).abs().mean()
     if sign_weight:
