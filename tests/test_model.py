@@ -7,10 +7,11 @@ import numpy as np
 import torch
 
 from heartvec.model.config import MODEL_PRESETS
+from heartvec.model.objectives import sign_loss
 from heartvec.model.sampling import balanced_surface_subsample, farthest_point_sampling
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer.config import TRAIN_PRESETS
-from heartvec_trainer.losses import _eikonal, eikonal_queries, sign_loss, training_loss
+from heartvec_trainer.losses import _eikonal, eikonal_queries, training_loss
 
 
 def test_fps_spreads_points_better_than_random() -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heartvec.model.objectives import sign_loss
 from heartvec_trainer.config import TrainConfig
 
 _AXES = torch.eye(3)
@@ -80,19 +81,6 @@ def training_loss(
         loss = loss + config.weight_sign * terms["sign"]
     terms = {name: value.detach() for name, value in terms.items()}
     return loss, terms, {"vol": pred_vol.detach(), "near": pred_near.detach()}
-
-
-def sign_loss(predicted: torch.Tensor, sdf: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Binary cross-entropy of the predicted occupancy against the true inside/outside.
-
-    Args:
-        predicted: (B, Q, C) predictions in the training target's units.
-        sdf: (B, Q, C) true SDF (only its sign is used).
-        temperature: prediction units per logit unit: the occupancy is
-            sigmoid(-predicted / temperature).
-    """
-    inside = (sdf < 0).to(predicted.dtype)
-    return F.binary_cross_entropy_with_logits(-predicted / temperature, inside)
 
 
 def _eikonal(shifted: torch.Tensor, sdf: torch.Tensor, config: TrainConfig) -> torch.Tensor:

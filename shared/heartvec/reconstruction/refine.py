@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
+from heartvec.model.objectives import sign_loss
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import Normalization
 from heartvec.reconstruction import defaults
@@ -90,10 +91,7 @@ def _loss(
     target = data["sdf"].clamp(-truncation, truncation) / truncation if truncation else data["sdf"]
     loss = 10 * own.abs().mean() + (predicted - target).abs().mean()
     if sign_weight:
-        inside = (data["sdf"] < 0).float()
-        loss = loss + sign_weight * torch.nn.functional.binary_cross_entropy_with_logits(
-            -predicted.float() / SIGN_TEMPERATURE, inside
-        )
+        loss = loss + sign_weight * sign_loss(predicted.float(), data["sdf"], SIGN_TEMPERATURE)
     return loss, predicted
 
 
