@@ -266,6 +266,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     panels = 3 if real else 2
     figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.5), constrained_layout=True)
     curves = sorted({label(m) for m in means if m["steps"]})
+    # more curves than the default cycle's 10 colours: tab20, and a marker per half
+    style = {
+        name: {"color": plt.get_cmap("tab20")(i % 20), "marker": "os^D"[(i // 10) % 4]}
+        for i, name in enumerate(curves)
+    }
 
     def curve(rows: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
         return [rows[0]] + [r for r in rows if r["steps"] and label(r) == name]
@@ -276,16 +281,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ):
         for name in curves:
             rows = curve(means, name)
-            axis.plot([r["steps"] for r in rows], [r[key] for r in rows], "o-", label=name)
+            axis.plot([r["steps"] for r in rows], [r[key] for r in rows], "-", label=name,
+                      **style[name])  # fmt: skip
         axis.set(xlabel="refinement steps", ylabel="Dice", title=title)
-        axis.legend()
+        axis.legend(fontsize="small")
     if real:
         for name in curves:
             rows = curve(real, name)
-            axes[2].plot([r["steps"] for r in rows], [r["mean_dice"] for r in rows], "o-",
-                         label=name)  # fmt: skip
+            axes[2].plot([r["steps"] for r in rows], [r["mean_dice"] for r in rows], "-",
+                         label=name, **style[name])  # fmt: skip
         axes[2].set(xlabel="refinement steps", ylabel="Dice", title="real heart: mean Dice")
-        axes[2].legend()
+        axes[2].legend(fontsize="small")
     figure.suptitle(f"latent refinement, {len(results['seeds'])} unseen phantoms, resolution "
                     f"{results['resolution']}")  # fmt: skip
     figure.savefig(path, dpi=90)
