@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from conftest import REPO
 
 from heartvec.errors import InputError
-from heartvec.model.checkpoint import load_checkpoint
+from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer import distributed
@@ -331,6 +331,20 @@ def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli
     status, _, err = run_cli("export-checkpoint", first / "checkpoint-last.pt",
                              small / "checkpoint-last.pt", tmp_path / "x.pt")  # fmt: skip
     assert status == 2 and "cannot average" in err
+
+    # a moved zero level: every prediction drops by the offset, which is recorded (summed)
+    shifted = tmp_path / "shifted.pt"
+    for source in (averaged, shifted):
+        assert run_cli("export-checkpoint", source, shifted, "--float32",
+                       "--level-offset", "0.25")[0] == 0  # fmt: skip
+    state = load_checkpoint(shifted)
+    assert state["level_offset"] == 0.5
+    models = [model_from_checkpoint(load_checkpoint(p)).eval() for p in (averaged, shifted)]
+    context = torch.randn(1, MODEL_PRESETS["tiny"].num_latents, MODEL_PRESETS["tiny"].width)
+    queries = torch.rand(1, 100, 3) * 2 - 1
+    with torch.no_grad():
+        plain, moved = (m.decode(context, queries) for m in models)
+    torch.testing.assert_close(moved, plain - 0.5)
 
 
 def test_time_limit_stops_validates_and_decays_the_learning_rate(
