@@ -4,8 +4,9 @@ was trained on (to choose an offset) and on unseen ones and the real heart (to c
 
 Each case is encoded once and decoded once on the dense grid (so every level is exact, not
 limited to the narrow band around 0); each offset only changes which voxels count as inside.
-Writes bench/results/level_offset.json and .png and its section of BENCHMARKS.md. A finding
-for the next checkpoint, not used by `heartvec reconstruct`.
+Writes bench/results/level_offset.json and .png and its section of BENCHMARKS.md. The offset
+chosen goes into a checkpoint's head bias with `heartvec export-checkpoint --level-offset D`
+(the bundled one has 0.005); on such a checkpoint this script measures around its new level.
 """
 
 from __future__ import annotations
