@@ -78,6 +78,7 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     assert saved["summary"]["mean_dice_large"] > 0.6
     assert set(saved["timings"]) >= {"load_s", "encode_s", "decode_s", "meshes_s", "total_s"}
     assert saved["model"]["preset"] == "tiny" and len(saved["model"]["checkpoint_sha256"]) == 64
+    assert saved["model"]["level_offset"] == 0.0  # a training checkpoint: its own level
     assert report["summary"] == saved["summary"]
     # meshes are in world millimetres on the input: the LV mesh sits on the input's LV
     lv = trimesh.load(out / "meshes" / "1_left_ventricle.ply")

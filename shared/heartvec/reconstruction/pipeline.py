@@ -270,6 +270,7 @@ def reconstruct(
                     "epoch": state.get("epoch"),
                     "checkpoint": str(loaded.checkpoint),
                     "checkpoint_sha256": loaded.sha256,
+                    "level_offset": state.get("level_offset", 0.0),
                 },
                 "device": str(device),
                 "precision": "bf16" if dtype is not None else "fp32",
