@@ -9,8 +9,11 @@ schema).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -271,3 +274,14 @@ def test_makefile_demo_uses_real_subcommands() -> None:
 @pytest.mark.parametrize("command", ["make demo", "make test"])
 def test_readme_gives_the_two_commands(command: str) -> None:
     assert command in (REPO / "README.md").read_text()
+
+
+def test_console_script_passes_the_status_and_flushes_its_output() -> None:
+    """`heartvec` exits without the interpreter's teardown (`heartvec.cli.entry`): what it
+    printed to a pipe (block-buffered) still arrives, and the status is main's."""
+    heartvec = str(Path(sys.executable).parent / "heartvec")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([heartvec, "labels"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("pulmonary_veins"), done
+    bad = subprocess.run([heartvec, "no-such-tool"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown subcommand 'no-such-tool'" in bad.stderr

@@ -16,6 +16,7 @@ from heartvec.errors import InputError
 from heartvec.labels import load_label_table
 from heartvec.model.checkpoint import load_checkpoint
 from heartvec.reconstruction import defaults
+from heartvec.reconstruction.export import write_label_volume
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 
 CLI = Callable[..., tuple[int, str, str]]
@@ -78,7 +79,7 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     assert saved["summary"]["mean_dice_large"] > 0.6
     assert set(saved["timings"]) >= {"load_s", "encode_s", "decode_s", "meshes_s", "total_s"}
     assert saved["model"]["preset"] == "tiny" and len(saved["model"]["checkpoint_sha256"]) == 64
-    assert saved["model"]["level_offset"] == 0.0  # a training checkpoint: its own level
+    assert set(saved["model"]["level_offset"].values()) == {0.0}  # a training checkpoint
     assert report["summary"] == saved["summary"]
     # meshes are in world millimetres on the input: the LV mesh sits on the input's LV
     lv = trimesh.load(out / "meshes" / "1_left_ventricle.ply")
@@ -236,3 +237,28 @@ def test_refinement_adam_is_torch_adam() -> None:
             optimizer.step()
     torch.testing.assert_close(ours, theirs)
     assert not torch.equal(ours.detach(), torch.tensor([[1.0, -2.0, 3.0]]))
+
+
+@pytest.mark.parametrize(("table_name", "dtype"), [("default", np.uint8), ("mmwhs-raw", np.int16)])
+def test_label_volume_file_holds_the_tables_values(
+    tmp_path: Path, table_name: str, dtype: type
+) -> None:
+    """Class indices become the table's label values, voxel for voxel, in the smallest type
+    that holds all of the table's values (MM-WHS raw codes reach 850)."""
+    table = load_label_table(table_name)
+    rng = np.random.default_rng(0)
+    classes = rng.choice([0, *sorted(set(table.class_of_value.values()))[:4]], size=(9, 8, 7))
+    classes = classes.astype(np.uint8)
+    affine = np.diag([0.5, 0.6, 0.7, 1.0])
+    write_label_volume(classes, affine, table, tmp_path / "labels.nii.gz")
+    written = nib.load(tmp_path / "labels.nii.gz")
+    values = np.asarray(written.dataobj)
+    assert values.dtype == dtype
+    np.testing.assert_allclose(written.affine, affine)
+    expected = np.zeros(classes.shape, dtype=np.int64)
+    for class_index in np.unique(classes[classes > 0]):
+        expected[classes == class_index] = table.value_of_class(int(class_index))
+    np.testing.assert_array_equal(values, expected)
+    assert (values > 0).any() and len(np.unique(values)) == 5
+    write_label_volume(np.zeros_like(classes), affine, table, tmp_path / "empty.nii.gz")
+    assert not np.asarray(nib.load(tmp_path / "empty.nii.gz").dataobj).any()

@@ -6,7 +6,11 @@ This is the one place where errors become exit statuses: an `InputError` is the 
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
@@ -66,5 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_tool(module.main, rest)
 
 
+def entry() -> None:
+    """The console script: `main`, then an exit that skips the interpreter's teardown when
+    nothing is left to wait for. Tearing down torch, numpy and the rest takes 0.6-1.2 s of a
+    `heartvec reconstruct` on a 2-core CPU, after every file is written and closed. With a
+    child process or a non-daemon thread still alive, the normal exit (which waits for them)."""
+    status = main()
+    waiting = multiprocessing.active_children() or any(
+        not thread.daemon
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread()
+    )
+    if waiting:
+        sys.exit(status)
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
