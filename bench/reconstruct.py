@@ -212,7 +212,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[5000, 5001, 5002])
-    parser.add_argument("--refine-steps", type=int, nargs="+", default=[0, 50, 100, 200])
+    parser.add_argument("--refine-steps", type=int, nargs="+", default=[0, 50, 100, 200, 300])
     parser.add_argument(
         "--resolution", type=int, default=256, help="grid of the quality runs (default 256)"
     )

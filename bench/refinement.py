@@ -23,21 +23,19 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import nibabel as nib
 import numpy as np
 import torch
 from benchmarks_md import write_section
+from cases import phantom_volume
 from reconstruct import REAL_HEART, REPO, cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
-from heartvec.phantom import make_phantom
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.meshes import label_volume
 from heartvec.reconstruction.metrics import overlaps
@@ -56,6 +54,8 @@ from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
 
+OLD_POINTS = 1536  # rows written before points per step was a setting had the default's 1536
+
 
 def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     """Dice per class present in the input; means over all of them and the large ones."""
@@ -70,7 +70,7 @@ def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     }
 
 
-Setting = tuple[str, float, int, float]
+Setting = tuple[str, float, int, float, int]
 """(target, step size, steps, sign weight); steps 0: no refinement."""
 
 DEFAULT_SETTINGS = ["latents:0.08:20:0"] + [
@@ -79,21 +79,29 @@ DEFAULT_SETTINGS = ["latents:0.08:20:0"] + [
 
 
 def parse_setting(text: str) -> Setting:
-    """'target:step size:steps[:sign weight]' (sign weight: the default's when left out)."""
+    """'target:step size:steps[:sign weight[:points per step]]' (the defaults' when left
+    out)."""
     fields = text.split(":")
-    if len(fields) not in (3, 4) or fields[0] not in TARGETS:
+    if not 3 <= len(fields) <= 5 or fields[0] not in TARGETS:
         raise argparse.ArgumentTypeError(
-            f"{text}: expected target:step size:steps[:sign weight], target one of {TARGETS}"
+            f"{text}: expected target:step size:steps[:sign weight[:points per step]], target "
+            f"one of {TARGETS}"
         )
-    sign = float(fields[3]) if len(fields) == 4 else defaults.REFINE_SIGN_WEIGHT
-    return fields[0], float(fields[1]), int(fields[2]), sign
+    sign = float(fields[3]) if len(fields) >= 4 else defaults.REFINE_SIGN_WEIGHT
+    points = int(fields[4]) if len(fields) == 5 else defaults.REFINE_POINTS
+    return fields[0], float(fields[1]), int(fields[2]), sign, points
 
 
 def label(row: dict[str, Any]) -> str:
     if not row["steps"]:
         return "none"
     sign = row.get("sign_weight", 0.0)
-    return f"{row['target']} {row['lr']:g}" + (f" sign {sign:g}" if sign else "")
+    points = row.get("points_per_step", OLD_POINTS)
+    return (
+        f"{row['target']} {row['lr']:g}"
+        + (f" sign {sign:g}" if sign else "")
+        + (f" {points} points" if points != OLD_POINTS else "")
+    )
 
 
 def sweep_case(
@@ -112,14 +120,15 @@ def sweep_case(
     with torch.no_grad():
         encoded = model.encode(points.to(device), labels.to(device)).float()
     rows = []
-    for target, lr, steps, sign in tqdm(settings, desc=Path(volume.path).name, leave=False):
+    for target, lr, steps, sign, points in tqdm(settings, desc=Path(volume.path).name,
+                                                leave=False):  # fmt: skip
         started = time.perf_counter()
         record = None
         if steps:
             rng = np.random.default_rng(1)  # the same fit points for every setting
             _, context, record = refine_latents(
                 model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr,
-                target, sign,
+                target, sign, points,
             )  # fmt: skip
         else:
             with torch.no_grad():
@@ -135,6 +144,7 @@ def sweep_case(
                 "lr": lr,
                 "steps": steps,
                 "sign_weight": sign,
+                "points_per_step": points,
                 "refine_s": round(refine_s, 2),
                 "held_out_iou_after": record and record["mean_held_out_iou_after"],
                 **score(volume, classes),
@@ -165,7 +175,7 @@ def main() -> int:
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     loaded = load_model(checkpoint, args.device)
-    settings = [("latents", 0.0, 0, 0.0), *args.settings]
+    settings = [("latents", 0.0, 0, 0.0, 0), *args.settings]
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -182,16 +192,12 @@ def main() -> int:
             "steps": ReconstructSettings.refine_steps,
             "lr": ReconstructSettings.refine_lr,
             "sign_weight": defaults.REFINE_SIGN_WEIGHT,
+            "points_per_step": defaults.REFINE_POINTS,
         },
         "phantoms": {},
     }
-    table = load_label_table("default")
     for seed in tqdm(args.seeds, desc="phantoms"):
-        labels, affine = make_phantom(seed, size=256, spacing=1.0)
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / f"phantom_s{seed}.nii.gz"
-            nib.save(nib.Nifti1Image(labels, affine), path)
-            volume = load_label_volume(path, table)
+        volume = phantom_volume(seed)
         results["phantoms"][str(seed)] = sweep_case(loaded, volume, settings, args.resolution)
         rows = results["phantoms"][str(seed)]
         best = max(rows, key=lambda r: r["mean_dice"])
@@ -217,18 +223,21 @@ def merged(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if earlier[field] != new[field]:
             raise SystemExit(f"--append: {field} differs from bench/results/refinement.json")
 
-    def setting_of(row: dict[str, Any]) -> tuple[str, float, int, float]:
+    def setting_of(row: dict[str, Any]) -> tuple[str, float, int, float, int]:
         if not row["steps"]:
-            return ("none", 0.0, 0, 0.0)
-        return row["target"], row["lr"], row["steps"], row.get("sign_weight", 0.0)
+            return ("none", 0.0, 0, 0.0, 0)
+        points = row.get("points_per_step", OLD_POINTS)
+        return row["target"], row["lr"], row["steps"], row.get("sign_weight", 0.0), points
 
     def merge(old_rows: list[dict[str, Any]], new_rows: list[dict[str, Any]]) -> list[Any]:
         rows = {setting_of(r): r for r in old_rows} | {setting_of(r): r for r in new_rows}
-        none = rows.pop(("none", 0.0, 0, 0.0))
+        none = rows.pop(("none", 0.0, 0, 0.0, 0))
         return [none, *sorted(rows.values(), key=setting_of)]
 
     result = dict(new)
     result["date"] = f"{earlier['date']} and {new['date']}"
+    if earlier["checkpoint"] != new["checkpoint"]:  # one file (same sha256) by two paths
+        result["checkpoint"] = f"{earlier['checkpoint']}` = `{new['checkpoint']}"
     if earlier["machine"] != new["machine"]:  # the seconds of the two runs' rows do not compare
         result["machine"] = f"{earlier['machine']} and (the rows of {new['date']}) {new['machine']}"
     result["phantoms"] = {
@@ -248,6 +257,7 @@ def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
             "lr": rows[0]["lr"],
             "steps": rows[0]["steps"],
             "sign_weight": rows[0].get("sign_weight", 0.0),
+            "points_per_step": rows[0].get("points_per_step", OLD_POINTS),
             **{
                 key: float(np.mean([r[key] for r in rows]))
                 for key in ("mean_dice", "mean_dice_large", "refine_s")
@@ -310,21 +320,22 @@ def update_benchmarks(results: dict[str, Any]) -> None:
         f"encoding from the same random state; label volume from a resolution "
         f"{results['resolution']} grid. The default chosen from it: {default['steps']} steps at "
         f"{default['lr']:g} on the {default['target']}, sign term weight "
-        f"{default.get('sign_weight', 0.0):g}.",
+        f"{default.get('sign_weight', 0.0):g}, {default.get('points_per_step', OLD_POINTS)} fit "
+        "points per step.",
         "",
-        "| target | step size | sign term | steps | phantoms mean Dice | seven large | "
-        "refinement s | real heart mean Dice |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | step size | sign term | points / step | steps | phantoms mean Dice | "
+        "seven large | refinement s | real heart mean Dice |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row, heart in zip(means, real, strict=True):
-        target, lr, sign = (
-            (row["target"], f"{row['lr']:g}", f"{row['sign_weight']:g}")
+        target, lr, sign, points = (
+            (row["target"], f"{row['lr']:g}", f"{row['sign_weight']:g}", row["points_per_step"])
             if row["steps"]
-            else ("-", "-", "-")
+            else ("-", "-", "-", "-")
         )
         heart_dice = f"{heart['mean_dice']:.3f}" if heart else "-"
         lines.append(
-            f"| {target} | {lr} | {sign} | {row['steps']} | {row['mean_dice']:.3f} | "
+            f"| {target} | {lr} | {sign} | {points} | {row['steps']} | {row['mean_dice']:.3f} | "
             f"{row['mean_dice_large']:.3f} | {row['refine_s']:.1f} | {heart_dice} |"
         )
     lines += ["", "![refinement sweep](bench/results/refinement.png)"]

@@ -36,8 +36,6 @@ from heartvec.volume import LabelVolume
 
 POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
 TARGETS = ("context", "latents")
-BATCH = {"surface": 512, "queries": 1024}  # fit points per step, drawn afresh each step
-# (twice these fitted no better on unseen phantoms, at twice the cost; BENCHMARKS.md)
 
 
 def _targets(
@@ -95,13 +93,17 @@ def _loss(
     return loss, predicted
 
 
-def _minibatch(fit: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A random subset of the fit points: a step costs a fraction of the full set's
-    forward and backward, and the changing draw covers all of it over the steps."""
+def _minibatch(
+    fit: dict[str, torch.Tensor], generator: torch.Generator, points: int
+) -> dict[str, torch.Tensor]:
+    """A random subset of `points` fit points, a third on the surface and the rest SDF queries:
+    a step costs a fraction of the full set's forward and backward, and the changing draw
+    covers all of it over the steps."""
     drawn = {}
+    sizes = {"surface": points // 3, "queries": points - points // 3}
     for kind, keys in (("surface", ("surface", "labels")), ("queries", ("queries", "sdf"))):
         total = fit[keys[0]].shape[1]
-        index = torch.randperm(total, generator=generator)[: BATCH[kind]].to(fit[keys[0]].device)
+        index = torch.randperm(total, generator=generator)[: sizes[kind]].to(fit[keys[0]].device)
         for key in keys:
             drawn[key] = fit[key][:, index]
     return drawn
@@ -152,9 +154,10 @@ def refine_latents(
     learning_rate: float = defaults.REFINE_LR,
     target: str = defaults.REFINE_TARGET,
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT,
+    points_per_step: int = defaults.REFINE_POINTS,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Adam on `target` ('context' or 'latents') for `steps` steps; `sign_weight` adds the
-    sign term to the fit loss (`_loss`).
+    """Adam on `target` ('context' or 'latents') for `steps` steps of `points_per_step` fit
+    points each; `sign_weight` adds the sign term to the fit loss (`_loss`).
 
     Returns:
         (latents, context, record): the latent set (refined when `target` is 'latents', else
@@ -200,7 +203,9 @@ def refine_latents(
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     for _ in range(steps):
         current = model.process(free) if target == "latents" else free
-        loss, _ = _loss(model, current, _minibatch(fit, generator), truncation, sign_weight)
+        loss, _ = _loss(
+            model, current, _minibatch(fit, generator, points_per_step), truncation, sign_weight
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -221,6 +226,7 @@ def refine_latents(
             "target": target,
             "learning_rate": learning_rate,
             "sign_weight": sign_weight,
+            "points_per_step": points_per_step,
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,
             "held_out_iou_before": before,
