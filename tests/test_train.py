@@ -338,13 +338,26 @@ def test_init_from_an_exported_checkpoint(dataset: Path, tmp_path: Path, run_cli
         assert run_cli("export-checkpoint", source, shifted, "--float32",
                        "--level-offset", "0.25")[0] == 0  # fmt: skip
     state = load_checkpoint(shifted)
-    assert state["level_offset"] == 0.5
-    models = [model_from_checkpoint(load_checkpoint(p)).eval() for p in (averaged, shifted)]
+    names = list(state["class_names"])
+    assert state["level_offset"] == dict.fromkeys(names, 0.5)
+    # one class on its own (later values win): the aorta 0.5 - 0.25, the others 0.5 + 0.125
+    per_class = tmp_path / "per_class.pt"
+    assert run_cli("export-checkpoint", shifted, per_class, "--float32", "--level-offset",
+                   "0.125,aorta=0.5", "--level-offset", "aorta=-0.25")[0] == 0  # fmt: skip
+    expected = {name: -0.25 + 0.5 if name == "aorta" else 0.625 for name in names}
+    assert load_checkpoint(per_class)["level_offset"] == expected
+    paths = (averaged, shifted, per_class)
+    models = [model_from_checkpoint(load_checkpoint(p)).eval() for p in paths]
     context = torch.randn(1, MODEL_PRESETS["tiny"].num_latents, MODEL_PRESETS["tiny"].width)
     queries = torch.rand(1, 100, 3) * 2 - 1
     with torch.no_grad():
-        plain, moved = (m.decode(context, queries) for m in models)
+        plain, moved, one_class = (m.decode(context, queries) for m in models)
     torch.testing.assert_close(moved, plain - 0.5)
+    torch.testing.assert_close(one_class, plain - torch.tensor(list(expected.values())))
+    for value, message in (("atrium=0.1", "unknown class 'atrium'"), ("aorta=x", "is not D")):
+        status, _, err = run_cli("export-checkpoint", shifted, tmp_path / "bad.pt",
+                                 "--level-offset", value)  # fmt: skip
+        assert status == 2 and message in err and "aorta" in err, err
 
 
 def test_time_limit_stops_validates_and_decays_the_learning_rate(

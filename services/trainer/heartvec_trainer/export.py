@@ -11,10 +11,11 @@ epoch 130's, though at the end of the cosine decay the last checkpoint beat the 
 The other fields come from the last one.
 
 `--level-offset D` moves the decoder's zero level: the head's bias drops by D, so the surfaces
-the checkpoint draws lie where it used to predict D (D > 0 grows every class). The bundled
-checkpoint's training leaves its shapes slightly too small: D = 0.005, chosen on training
-phantoms by bench/level_offset.py, raised Dice without refinement on unseen ones from 0.682 to
-0.732. Recorded (summed over exports) as `level_offset`.
+the checkpoint draws lie where it used to predict D (D > 0 grows every class);
+`--level-offset NAME=D` moves one class's (several, comma-separated or repeated; later ones
+win). The bundled checkpoint's training leaves most shapes slightly too small:
+bench/level_offset.py measures Dice without refinement against the offset and chooses one per
+class on training phantoms. Recorded per class (summed over exports) as `level_offset`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from heartvec.errors import InputError
-from heartvec.model.checkpoint import load_checkpoint, save_checkpoint
+from heartvec.model.checkpoint import level_offsets_of, load_checkpoint, save_checkpoint
 
 KEPT = (
     "preset",
@@ -58,12 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--float32", action="store_true", help="keep float32 weights")
     parser.add_argument(
         "--level-offset",
-        type=float,
-        default=0.0,
-        help="move the zero level: predictions drop by this much (> 0 grows every class; "
-        "bench/level_offset.py measures which)",
+        action="append",
+        default=[],
+        metavar="D or NAME=D[,NAME=D...]",
+        help="move the zero level: predictions drop by D (> 0 grows the shape), for every class "
+        "or the one named; repeatable (bench/level_offset.py measures which)",
     )
     return parser
+
+
+def level_offsets(values: list[str], class_names: Sequence[str]) -> dict[str, float]:
+    """`--level-offset` values -> the offset of each class (0 where none is given)."""
+    offsets = dict.fromkeys(class_names, 0.0)
+    for item in (part.strip() for value in values for part in value.split(",")):
+        name, _, number = item.rpartition("=")
+        if name and name not in offsets:
+            raise InputError(
+                "--level-offset", f"unknown class {name!r}; the checkpoint's: {list(offsets)}"
+            )
+        try:
+            offset = float(number)
+        except ValueError:
+            raise InputError("--level-offset", f"{item!r} is not D or NAME=D") from None
+        if not np.isfinite(offset):
+            raise InputError("--level-offset", f"{item!r}: the offset must be finite")
+        for key in [name] if name else offsets:
+            offsets[key] = offset
+    return offsets
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,9 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, tensor in state["model"].items()
     }
     kept = {k: state[k] for k in KEPT if k in state}
-    if args.level_offset:
-        weights[HEAD_BIAS] = (weights[HEAD_BIAS].double() - args.level_offset).to(dtype)
-        kept["level_offset"] = state.get("level_offset", 0.0) + args.level_offset
+    offsets = level_offsets(args.level_offset, state["class_names"])
+    if any(offsets.values()):
+        shift = torch.tensor(list(offsets.values()), dtype=torch.float64)
+        weights[HEAD_BIAS] = (weights[HEAD_BIAS].double() - shift).to(dtype)
+        earlier = level_offsets_of(state)
+        kept["level_offset"] = {name: earlier[name] + offsets[name] for name in offsets}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, {**kept, "model": weights})
     size_mb = args.out.stat().st_size / 2**20

@@ -89,6 +89,15 @@ def model_from_checkpoint(payload: dict[str, Any]) -> VecSetAutoencoder:
     return model
 
 
+def level_offsets_of(payload: dict[str, Any]) -> dict[str, float]:
+    """How far `heartvec export-checkpoint --level-offset` moved each class's zero level (0 for
+    a checkpoint as trained; exports before per-class offsets kept one number for all)."""
+    recorded = payload.get("level_offset", 0.0)
+    if isinstance(recorded, dict):
+        return {name: float(recorded.get(name, 0.0)) for name in payload["class_names"]}
+    return dict.fromkeys(payload["class_names"], float(recorded))
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file (a checkpoint's identity in reports)."""
     digest = hashlib.sha256()

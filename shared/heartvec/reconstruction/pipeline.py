@@ -22,7 +22,12 @@ import torch
 
 from heartvec.errors import InputError
 from heartvec.labels import LARGE_CLASSES, LabelTable
-from heartvec.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from heartvec.model.checkpoint import (
+    file_sha256,
+    level_offsets_of,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from heartvec.model.sampling import balanced_surface_subsample
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import (
@@ -270,7 +275,7 @@ def reconstruct(
                     "epoch": state.get("epoch"),
                     "checkpoint": str(loaded.checkpoint),
                     "checkpoint_sha256": loaded.sha256,
-                    "level_offset": state.get("level_offset", 0.0),
+                    "level_offset": level_offsets_of(state),
                 },
                 "device": str(device),
                 "precision": "bf16" if dtype is not None else "fp32",
