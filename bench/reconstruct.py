@@ -128,10 +128,11 @@ def _shown(checkpoint: Path) -> str:
     return str(resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else checkpoint)
 
 
-def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
+def latency_only(checkpoint: Path, device: str, repeats: int, dense: bool = True) -> int:
     """Latency of one 256^3 phantom at resolution 256 with default settings on `device`, as
     separate `heartvec reconstruct` processes (the first pays CUDA start-up), and the band vs
-    dense decode on the same device."""
+    dense decode on the same device (unless not `dense`: 7 minutes on a 2-core AVX2 CPU; the
+    full run measures it too)."""
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device,
@@ -163,7 +164,8 @@ def latency_only(checkpoint: Path, device: str, repeats: int) -> int:
             print(f"run {index}: pipeline {report['timings']['total_s']:.2f} s, process "
                   f"{report['wall_s']:.1f} s, timings {report['timings']}", flush=True)  # fmt: skip
         results["runs"] = runs
-        results["dense_vs_band"] = dense_vs_band(checkpoint, source, 256, device)
+        if dense:
+            results["dense_vs_band"] = dense_vs_band(checkpoint, source, 256, device)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     name = device.split(":")[0]
@@ -177,7 +179,7 @@ def update_latency_section(results: dict[str, Any]) -> None:
     """BENCHMARKS.md's section of a `--latency-only` run (one per device kind)."""
     name = results["device"].split(":")[0]
     target = "<= 5 s on a GPU" if name == "cuda" else "<= 60 s on CPU"
-    runs, band = results["runs"], results["dense_vs_band"]
+    runs, band = results["runs"], results.get("dense_vs_band")
     columns = " | ".join(f"run {i + 1}" for i in range(len(runs)))
     lines = [
         f"Measured {results['date']} by `bench/reconstruct.py --device {results['device']} "
@@ -201,10 +203,13 @@ def update_latency_section(results: dict[str, Any]) -> None:
         "| peak host memory | "
         + " | ".join(f"{r['peak_memory_mb']:,} MB" for r in runs)
         + " | < 6 GB |",
-        f"| decode, band vs dense grid (same latents) | band {band['band_s']:.1f} s "
-        f"({band['band_points']:,} points) vs dense {band['dense_s']:.1f} s "
-        f"({band['dense_points']:,} points) |" + " |" * len(runs),
     ]
+    if band:
+        lines.append(
+            f"| decode, band vs dense grid (same latents) | band {band['band_s']:.1f} s "
+            f"({band['band_points']:,} points) vs dense {band['dense_s']:.1f} s "
+            f"({band['dense_points']:,} points) |" + " |" * len(runs)
+        )
     write_section(f"bench/reconstruct.py:latency_{name}", f"Reconstruction latency ({name})", lines)
 
 
@@ -223,10 +228,13 @@ def main() -> int:
         help="only the latency of one 256^3 phantom (3 processes) and band vs dense decode",
     )
     parser.add_argument("--repeats", type=int, default=3, help="--latency-only processes")
+    parser.add_argument(
+        "--no-dense", action="store_true", help="--latency-only without the dense-grid decode"
+    )
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     if args.latency_only:
-        return latency_only(checkpoint, args.device, args.repeats)
+        return latency_only(checkpoint, args.device, args.repeats, not args.no_dense)
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
