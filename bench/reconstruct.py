@@ -13,7 +13,8 @@ Each reconstruction runs `heartvec reconstruct` in a fresh process (clean peak m
 
 Usage: .venv/bin/python bench/reconstruct.py --checkpoint CKPT [--seeds 5000 5001 ...]
        .venv/bin/python bench/reconstruct.py --device cuda --latency-only   (GPU latency:
-       bench/results/reconstruct_latency_cuda.json and its own BENCHMARKS.md section)
+       bench/results/reconstruct_latency_cuda.json and its own BENCHMARKS.md section; on a
+       CPU `--device cpu`, and `--no-dense` skips the dense-grid decode, minutes on 2 cores)
 """
 
 from __future__ import annotations
