@@ -93,19 +93,42 @@ def _loss(
     return loss, predicted
 
 
-def _minibatch(
-    fit: dict[str, torch.Tensor], generator: torch.Generator, points: int
+def _minibatch_indices(
+    fit: dict[str, torch.Tensor], generator: torch.Generator, points: int, steps: int
 ) -> dict[str, torch.Tensor]:
-    """A random subset of `points` fit points, a third on the surface and the rest SDF queries:
-    a step costs a fraction of the full set's forward and backward, and the changing draw
-    covers all of it over the steps."""
-    drawn = {}
+    """Each step's random subset of `points` fit points, a third on the surface and the rest
+    SDF queries: a step costs a fraction of the full set's forward and backward, and the
+    changing draw covers all of it over the steps.
+
+    Drawn for all steps at once, on the CPU (the same draws on every device), and moved to the
+    fit's device in one copy: a copy per step would wait for the device each step, and on a GPU,
+    where a step is a few milliseconds of kernel launches, those waits cost as much as the
+    steps.
+
+    Returns:
+        {"surface": (steps, points // 3), "queries": (steps, the rest)} indices.
+    """
     sizes = {"surface": points // 3, "queries": points - points // 3}
+    drawn: dict[str, list[torch.Tensor]] = {"surface": [], "queries": []}
+    for _ in range(steps):
+        for kind in ("surface", "queries"):
+            total = fit[kind].shape[1]
+            drawn[kind].append(torch.randperm(total, generator=generator)[: sizes[kind]])
+    device = fit["surface"].device
+    return {
+        kind: torch.stack(rows).to(device) if rows else torch.zeros(0, dtype=torch.long)
+        for kind, rows in drawn.items()
+    }
+
+
+def _minibatch(
+    fit: dict[str, torch.Tensor], indices: dict[str, torch.Tensor], step: int
+) -> dict[str, torch.Tensor]:
+    """Step `step`'s fit points (`_minibatch_indices`)."""
+    drawn = {}
     for kind, keys in (("surface", ("surface", "labels")), ("queries", ("queries", "sdf"))):
-        total = fit[keys[0]].shape[1]
-        index = torch.randperm(total, generator=generator)[: sizes[kind]].to(fit[keys[0]].device)
         for key in keys:
-            drawn[key] = fit[key][:, index]
+            drawn[key] = fit[key][:, indices[kind][step]]
     return drawn
 
 
@@ -199,17 +222,17 @@ def refine_latents(
     before = held_out_iou(context)
     free = (latents if target == "latents" else context).clone().requires_grad_(True)
     optimizer = Adam(free, lr=learning_rate)
-    losses = []
+    first_loss = last_loss = None  # tensors, read after the loop
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    for _ in range(steps):
+    indices = _minibatch_indices(fit, generator, points_per_step, steps)
+    for step in range(steps):  # nothing here waits for the device
         current = model.process(free) if target == "latents" else free
-        loss, _ = _loss(
-            model, current, _minibatch(fit, generator, points_per_step), truncation, sign_weight
-        )
+        loss, _ = _loss(model, current, _minibatch(fit, indices, step), truncation, sign_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        last_loss = loss.detach()
+        first_loss = last_loss if first_loss is None else first_loss
     free = free.detach()
     if target == "latents":
         latents = free
@@ -227,8 +250,8 @@ def refine_latents(
             "learning_rate": learning_rate,
             "sign_weight": sign_weight,
             "points_per_step": points_per_step,
-            "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None,
+            "loss_first": first_loss.item() if first_loss is not None else None,
+            "loss_last": last_loss.item() if last_loss is not None else None,
             "held_out_iou_before": before,
             "held_out_iou_after": after,
             "mean_held_out_iou_before": float(np.mean(list(before.values()))),
