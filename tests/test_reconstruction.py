@@ -78,6 +78,8 @@ def test_outputs_follow_the_contract(trained: tuple[Path, Path], tmp_path: Path)
     assert saved["classes"]["left_ventricle"]["dice"] > 0.8
     assert saved["summary"]["mean_dice_large"] > 0.6
     assert set(saved["timings"]) >= {"load_s", "encode_s", "decode_s", "meshes_s", "total_s"}
+    assert saved["grid"]["min_piece"] == defaults.MIN_PIECE
+    assert set(saved["grid"]["pieces_dropped"]) <= set(saved["classes"])
     assert saved["model"]["preset"] == "tiny" and len(saved["model"]["checkpoint_sha256"]) == 64
     assert set(saved["model"]["level_offset"].values()) == {0.0}  # a training checkpoint
     assert report["summary"] == saved["summary"]
@@ -130,6 +132,11 @@ def test_bad_input_and_missing_checkpoint(trained: tuple[Path, Path], tmp_path: 
     status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "b",
                              "--checkpoint", tmp_path / "none.pt")  # fmt: skip
     assert status == 2 and "no such checkpoint file" in err
+    for fraction in ("1", "-0.1", "nan"):
+        status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "c",
+                                 "--checkpoint", checkpoint, "--min-piece", fraction)  # fmt: skip
+        assert status == 2 and "heartvec: error: --min-piece: " in err
+        assert "need 0 <= fraction < 1" in err
 
 
 LEARNING_RATES = {"context": 3e-2, "latents": 8e-2}  # each target's best (bench/refinement.py)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import trimesh
 from scipy.ndimage import map_coordinates
 from skimage.measure import marching_cubes
 
+from heartvec.normalization import Normalization
 from heartvec.reconstruction.grid import decode_grid, upsample2
+from heartvec.reconstruction.meshes import class_meshes, drop_stray_pieces
 
 CENTRES = np.array([[-0.3, 0.1, 0.0], [0.35, -0.2, 0.1], [0.0, 0.3, -0.35]])
 RADII = np.array([0.25, 0.12, 0.03])  # the third: a small vessel, a few cells across
@@ -158,3 +161,41 @@ def test_overlaps_are_dice_and_iou_of_the_class_masks() -> None:
         )
     assert 0 < got[1]["dice"] < 1 and got[3] == {"dice": 0.0, "iou": 0.0}
     assert got[7] == {"dice": 1.0, "iou": 1.0}  # in neither: agreement
+
+
+def test_stray_pieces_are_dropped_and_the_rest_kept() -> None:
+    """A class's small piece far from its body goes, from the grid and so from its mesh; its
+    body stays point for point; a class of two pieces of similar size (like the pulmonary
+    veins) keeps both; with 0 nothing changes."""
+    body, stray = np.array([-0.3, 0.0, 0.0]), np.array([0.45, 0.4, 0.4])
+    pair = np.array([[0.3, -0.3, -0.2], [0.3, 0.0, -0.35]])
+
+    def two_classes(points: np.ndarray) -> np.ndarray:
+        def ball(centre: np.ndarray, radius: float) -> np.ndarray:
+            return np.asarray(np.linalg.norm(points - centre, axis=1) - radius)
+
+        first = np.minimum(ball(body, 0.25), ball(stray, 0.06))  # stray: 1.4% of the body
+        second = np.minimum(ball(pair[0], 0.1), ball(pair[1], 0.08))  # 51% of the other
+        return np.clip(np.stack([first, second], axis=1), -0.1, 0.1) / 0.1
+
+    low, high = np.full(3, -0.7), np.full(3, 0.7)
+    grid = decode_grid(two_classes, low, high, 97, units_per_distance=10, dense=True)
+    before = grid.values.copy()
+    assert drop_stray_pieces(grid, 0.0) == {}
+    np.testing.assert_array_equal(grid.values, before)
+
+    assert drop_stray_pieces(grid, 0.1) == {1: 1}
+    points = low + np.indices(grid.values.shape[:3]).reshape(3, -1).T * grid.spacing
+    in_stray = np.linalg.norm(points - stray, axis=1).reshape(grid.values.shape[:3]) < 0.2
+    assert (before[..., 0][in_stray] < 0).any() and (grid.values[..., 0][in_stray] > 0).all()
+    np.testing.assert_array_equal(grid.values[..., 0][~in_stray], before[..., 0][~in_stray])
+    np.testing.assert_array_equal(grid.values[..., 1], before[..., 1])
+    meshes = class_meshes(grid, Normalization(np.zeros(3), 1.0))
+    pieces = {  # marching cubes leaves a few lone degenerate triangles: not pieces
+        c: [p for p in trimesh.Trimesh(m.vertices, m.faces).split(only_watertight=False)
+            if len(p.faces) > 10]
+        for c, m in meshes.items()
+    }  # fmt: skip
+    assert len(pieces[1]) == 1 and len(pieces[2]) == 2
+    centre = pieces[1][0].vertices.mean(axis=0)
+    np.testing.assert_allclose(centre, body, atol=grid.spacing[0])

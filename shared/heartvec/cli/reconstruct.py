@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="latent refinement steps fitting the input itself (default %(default)s; 0: the "
         "encoder's latents as they are)",
     )
+    parser.add_argument(
+        "--min-piece",
+        type=float,
+        default=ReconstructSettings.min_piece,
+        help="drop the pieces of a class smaller than this fraction of its largest piece "
+        "(stray pieces far from the heart; default %(default)s; 0: keep all)",
+    )
     return parser
 
 
@@ -65,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         refine_steps=args.refine_steps,
         device=args.device,
         precision=args.precision,
+        min_piece=args.min_piece,
     )
     progress = tqdm(total=len(STAGES), desc="reconstruct", unit="stage")
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import affine_transform
+from scipy.ndimage import label as connected_pieces
 from skimage.measure import marching_cubes
 
 from heartvec.normalization import Normalization
@@ -18,6 +19,43 @@ from heartvec.volume import LabelVolume
 
 _OUTSIDE = 1e6  # SDF value beyond the decoded grid: outside every class
 _SLAB_POINTS = 1 << 22  # input voxels resampled at once (their coordinates: 48 MB)
+
+
+def drop_stray_pieces(grid: SdfGrid, min_fraction: float) -> dict[int, int]:
+    """Per class, set the pieces of its inside smaller than `min_fraction` of its largest piece
+    outside, in place; returns {class index: pieces dropped} for the classes that lost any.
+
+    A piece is a 26-connected set of negative grid points, so a dropped piece never touches a
+    kept one and the kept surfaces do not move. The decoded field can dip below zero far from
+    where a class lies (on the real heart: two pieces of aorta 3-5% of its size, 80 mm away,
+    HD95 83 mm); each whole-heart structure is one piece, the pulmonary veins a few of similar
+    size. Its points become the same small distance above zero, so neither marching cubes nor
+    the label volume sees them. 0 keeps everything.
+    """
+    if min_fraction <= 0:
+        return {}
+    extent = grid.negative_extent
+    dropped = {}
+    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
+        box = []
+        for axis in range(3):
+            hits = np.flatnonzero(extent[axis][:, channel])
+            box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        values = grid.values[box[0], box[1], box[2], channel]  # a view: written in place
+        pieces, count = connected_pieces(values < 0, structure=np.ones((3, 3, 3), dtype=bool))
+        if count < 2:
+            continue
+        sizes = np.bincount(pieces.ravel())
+        sizes[0] = 0  # outside
+        small = sizes < min_fraction * sizes.max()
+        small[0] = False
+        if small.any():
+            stray = small[pieces]
+            values[stray] = np.abs(values[stray]) + np.float32(1e-3)
+            dropped[channel + 1] = int(small.sum())
+    if dropped:
+        del grid.negative_extent  # a cached property of the old values
+    return dropped
 
 
 def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surface]:
