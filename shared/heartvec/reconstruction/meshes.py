@@ -21,6 +21,17 @@ _OUTSIDE = 1e6  # SDF value beyond the decoded grid: outside every class
 _SLAB_POINTS = 1 << 22  # input voxels resampled at once (their coordinates: 48 MB)
 
 
+def _negative_boxes(grid: SdfGrid) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(channel, first, last) per class with negative grid points: (3,) grid indices of the
+    first and last slab along each axis that holds one."""
+    extent = grid.negative_extent
+    boxes = []
+    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
+        hits = [np.flatnonzero(extent[axis][:, channel]) for axis in range(3)]
+        boxes.append((channel, np.array([h[0] for h in hits]), np.array([h[-1] for h in hits])))
+    return boxes
+
+
 def drop_stray_pieces(grid: SdfGrid, min_fraction: float) -> dict[int, int]:
     """Per class, set the pieces of its inside smaller than `min_fraction` of its largest piece
     outside, in place; returns {class index: pieces dropped} for the classes that lost any.
@@ -34,13 +45,9 @@ def drop_stray_pieces(grid: SdfGrid, min_fraction: float) -> dict[int, int]:
     """
     if min_fraction <= 0:
         return {}
-    extent = grid.negative_extent
     dropped = {}
-    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
-        box = []
-        for axis in range(3):
-            hits = np.flatnonzero(extent[axis][:, channel])
-            box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    for channel, first, last in _negative_boxes(grid):
+        box = [slice(int(a), int(b) + 1) for a, b in zip(first, last, strict=True)]
         values = grid.values[box[0], box[1], box[2], channel]  # a view: written in place
         pieces, count = connected_pieces(values < 0, structure=np.ones((3, 3, 3), dtype=bool))
         if count < 2:
@@ -64,14 +71,10 @@ def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surfa
     The grid is padded with 'outside' so a surface touching its border still closes.
     """
     meshes = {}
-    extent = grid.negative_extent
-    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
+    for channel, first, last in _negative_boxes(grid):
         # marching cubes on the box around this class only (one voxel wider on each side: the
         # zero level lies between a negative point and its neighbours)
-        box: list[slice] = []
-        for axis in range(3):
-            hits = np.flatnonzero(extent[axis][:, channel])
-            box.append(slice(max(int(hits[0]) - 1, 0), int(hits[-1]) + 2))
+        box = [slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(first, last, strict=True)]
         values = grid.values[box[0], box[1], box[2], channel].astype(np.float32)
         outside = max(float(values.max()), 1.0)
         padded = np.pad(values, 1, constant_values=outside)
@@ -128,13 +131,10 @@ def _class_boxes(
     """The box of input voxels where each class can be negative: trilinear interpolation reads
     the 8 grid points around a voxel, so only voxels within one grid step of the class's
     negative grid points can; its grid values are cropped to the same reach."""
-    extent = grid.negative_extent
     size = np.array(grid.values.shape[:3])
     boxes = []
-    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
-        hits = [np.flatnonzero(extent[axis][:, channel]) for axis in range(3)]
-        low = np.array([h[0] for h in hits]) - 1  # grid indices a negative voxel can map to
-        high = np.array([h[-1] for h in hits]) + 1
+    for channel, first, last in _negative_boxes(grid):
+        low, high = first - 1, last + 1  # grid indices a negative voxel can map to
         corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
         voxels = np.linalg.solve(matrix, (low + corners * (high - low) - offset).T).T
         start = np.clip(np.floor(voxels.min(axis=0)).astype(int) - 1, 0, shape)
