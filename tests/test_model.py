@@ -126,3 +126,26 @@ def test_activation_checkpointing_changes_nothing_but_memory() -> None:
     torch.testing.assert_close(results[0][0], results[1][0])
     for plain, recomputed in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(plain, recomputed)
+
+
+def test_fused_cpu_inference_matches_the_plain_modules() -> None:
+    """fp32 inference on a CPU takes oneDNN's fused linear (bias and GELU inside the product);
+    with autograd on, the plain modules. Both give the same SDF, on the bundled checkpoint's
+    weights (the `small` preset) and a random context."""
+    from heartvec.model import layers
+    from heartvec.reconstruction.pipeline import load_model
+    from heartvec.settings import default_checkpoint
+
+    model = load_model(default_checkpoint(), "cpu").model
+    generator = torch.Generator().manual_seed(0)
+    context = torch.randn(1, model.config.num_latents, model.config.width, generator=generator)
+    queries = torch.rand(1, 4096, 3, generator=generator) * 1.4 - 0.7
+    with torch.no_grad():
+        assert layers._fused(queries) == torch.backends.mkldnn.is_available()
+        fused = model.decode(context, queries)
+    plain = model.decode(context, queries)  # autograd on (weights frozen, nothing to backward)
+    assert not layers._fused(queries)
+    torch.testing.assert_close(fused, plain.detach(), atol=1e-4, rtol=1e-4)
+    assert (fused.sign() == plain.sign()).float().mean() > 0.999
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layers._fused(queries)

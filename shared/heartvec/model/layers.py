@@ -3,6 +3,10 @@
 Attention goes through `torch.nn.functional.scaled_dot_product_attention`, so GPUs use the
 flash / memory-efficient kernels. Nothing here needs a double backward: the eikonal term is
 computed by finite differences of the decoder output (see heartvec_trainer.losses).
+
+Inference in fp32 on a CPU (decoding a grid on CPUs without native bf16) runs the linear layers
+through oneDNN's fused linear (`fused_linear`): the bias added and the GELU applied inside the
+matrix product instead of two more passes over the activations.
 """
 
 from __future__ import annotations
@@ -12,6 +16,39 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_FUSED_LINEAR = (
+    getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if torch.backends.mkldnn.is_available()
+    else None
+)
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether `fused_linear` takes oneDNN's fused path for `x`: fp32 on a CPU, no autograd (the
+    op has no derivative), no autocast (which would not cast the op's inputs)."""
+    return (
+        _FUSED_LINEAR is not None
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def fused_linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    """`layer(x)`, followed by an exact GELU when `gelu`.
+
+    For fp32 inference on a CPU, one oneDNN call with the bias and the GELU fused into the matrix
+    product: `addmm` first copies the bias into every output row, and the GELU is another pass,
+    on the decoder's 8192 x 1024 feed-forward activations 15% of a 2-core CPU's decode together
+    (AVX2 EPYC: the feed-forward 20% faster, the decoder about 12%; same values to ~1e-6).
+    Everywhere else (training, refinement, GPUs, bf16 autocast) the plain modules."""
+    if _fused(x):
+        assert _FUSED_LINEAR is not None
+        return _FUSED_LINEAR(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none")
+    out = layer(x)
+    return F.gelu(out) if gelu else out
 
 
 class FourierEmbedding(nn.Module):
@@ -34,7 +71,7 @@ class FourierEmbedding(nn.Module):
         parts = [xyz, scaled.sin(), scaled.cos()]
         if extra is not None:
             parts.append(extra)
-        return self.project(torch.cat(parts, dim=-1))  # (B, N, W)
+        return fused_linear(self.project, torch.cat(parts, dim=-1))  # (B, N, W)
 
 
 class Attention(nn.Module):
@@ -58,7 +95,7 @@ class Attention(nn.Module):
             .permute(2, 0, 3, 1, 4)
         )  # each (B, h, M, d)
         attended = F.scaled_dot_product_attention(query, key, value)  # (B, h, N, d)
-        return self.out(attended.transpose(1, 2).reshape(batch, length, width))
+        return fused_linear(self.out, attended.transpose(1, 2).reshape(batch, length, width))
 
 
 class FeedForward(nn.Module):
@@ -71,7 +108,9 @@ class FeedForward(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        norm, expand, _, contract = self.net  # (LayerNorm, Linear, GELU, Linear)
+        assert isinstance(expand, nn.Linear) and isinstance(contract, nn.Linear)
+        return fused_linear(contract, fused_linear(expand, norm(x), gelu=True))
 
 
 class Block(nn.Module):
