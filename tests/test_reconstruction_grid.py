@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import trimesh
@@ -199,3 +201,50 @@ def test_stray_pieces_are_dropped_and_the_rest_kept() -> None:
     assert len(pieces[1]) == 1 and len(pieces[2]) == 2
     centre = pieces[1][0].vertices.mean(axis=0)
     np.testing.assert_allclose(centre, body, atol=grid.spacing[0])
+
+
+def test_mesh_files_round_trip_through_trimesh(tmp_path: Path) -> None:
+    """The PLY and GLB writers (numpy, no trimesh): trimesh reads back every class's vertices,
+    triangles, colour and name; the GLB's header, chunks and accessors are as glTF 2.0 says."""
+    import json
+    import struct
+
+    from heartvec.labels import load_label_table
+    from heartvec.reconstruction.export import class_colour, write_meshes
+    from heartvec.surfaces import Surface
+
+    table = load_label_table("default")
+    meshes = {}
+    for class_index, centre, radius in zip((1, 6, 10), CENTRES, RADII, strict=True):
+        sphere = trimesh.creation.icosphere(subdivisions=2 + class_index % 3, radius=100 * radius)
+        meshes[class_index] = Surface(sphere.vertices + 100 * centre, sphere.faces.astype(np.int32))
+    paths = write_meshes(meshes, table, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == [
+        "10_pulmonary_veins.ply", "1_left_ventricle.ply", "6_aorta.ply"
+    ]  # fmt: skip
+    for class_index, surface in meshes.items():
+        read = trimesh.load(paths[class_index], process=False)
+        np.testing.assert_allclose(read.vertices, surface.vertices, atol=1e-4)  # float32
+        assert np.array_equal(read.faces, surface.faces)
+        assert (read.visual.vertex_colors == class_colour(class_index)).all()
+        assert read.is_watertight and read.volume > 0
+    scene = trimesh.load(tmp_path / "heart.glb")
+    assert set(scene.geometry) == {table.class_name(c) for c in meshes}
+    for class_index, surface in meshes.items():
+        geometry = scene.geometry[table.class_name(class_index)]
+        np.testing.assert_allclose(geometry.vertices, surface.vertices, atol=1e-4)
+        assert np.array_equal(geometry.faces, surface.faces)
+    data = (tmp_path / "heart.glb").read_bytes()
+    magic, version, length = struct.unpack_from("<4sII", data)
+    assert (magic, version, length) == (b"glTF", 2, len(data))
+    json_length, json_type = struct.unpack_from("<I4s", data, 12)
+    assert json_type == b"JSON" and json_length % 4 == 0
+    gltf = json.loads(data[20 : 20 + json_length])
+    bin_length, bin_type = struct.unpack_from("<I4s", data, 20 + json_length)
+    assert bin_type == b"BIN\0" and bin_length == gltf["buffers"][0]["byteLength"]
+    assert [n["name"] for n in gltf["nodes"]] == [table.class_name(c) for c in sorted(meshes)]
+    for accessor in gltf["accessors"]:
+        view = gltf["bufferViews"][accessor["bufferView"]]
+        assert view["byteOffset"] % 4 == 0 and view["byteOffset"] + view["byteLength"] <= bin_length
+    colours = [m["pbrMetallicRoughness"]["baseColorFactor"] for m in gltf["materials"]]
+    assert colours[0] == pytest.approx([31 / 255, 119 / 255, 180 / 255, 1.0])  # tab10 blue

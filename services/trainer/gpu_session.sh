@@ -18,7 +18,7 @@
 # On a bare machine whose Python already has torch, numpy, scipy, scikit-image, matplotlib,
 # tensorboard, PyYAML and tqdm (the lent H200 had Python 3.12), bring the rest as wheels
 # (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl): nibabel,
-# fcpw, trimesh, rtree, pydantic, pydantic-core, pydantic-settings, annotated-types,
+# fcpw, pydantic, pydantic-core, pydantic-settings, annotated-types,
 # typing-inspection, typing-extensions, python-dotenv; then, from the repository root:
 #   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer
