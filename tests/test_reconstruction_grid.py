@@ -248,3 +248,40 @@ def test_mesh_files_round_trip_through_trimesh(tmp_path: Path) -> None:
         assert view["byteOffset"] % 4 == 0 and view["byteOffset"] + view["byteLength"] <= bin_length
     colours = [m["pbrMetallicRoughness"]["baseColorFactor"] for m in gltf["materials"]]
     assert colours[0] == pytest.approx([31 / 255, 119 / 255, 180 / 255, 1.0])  # tab10 blue
+
+
+def test_mesh_rendering_draws_the_nearest_surface_in_its_class_colour() -> None:
+    """Two spheres on the line of sight: the near small one (class 1) covers the middle of the
+    picture, the far large one (class 2) shows around it, shaded darker towards its rim; the
+    background stays white; no mesh gives a white picture."""
+    from heartvec.reconstruction.export import class_colour
+    from heartvec.reconstruction.render import ANTERIOR_VIEW, render_meshes
+    from heartvec.surfaces import Surface
+
+    towards = np.asarray(ANTERIOR_VIEW) / np.linalg.norm(ANTERIOR_VIEW)
+    near = trimesh.creation.icosphere(subdivisions=5, radius=10.0)
+    far = trimesh.creation.icosphere(subdivisions=5, radius=30.0)
+    meshes = {
+        1: Surface(near.vertices + 60 * towards, near.faces.astype(np.int32)),
+        2: Surface(far.vertices, far.faces.astype(np.int32)),
+    }
+    image = render_meshes(meshes, pixels=200)
+    assert image.shape == (200, 200, 3)
+
+    def hue(pixel: np.ndarray) -> np.ndarray:  # the colour up to its shade
+        return pixel / pixel.max()
+
+    blue, orange = (class_colour(c)[:3] / 255 for c in (1, 2))
+    # the picture spans the far sphere (60 mm wide, 200 px): the near one is ~33 px wide
+    middle = image[100, 100]
+    np.testing.assert_allclose(hue(middle), hue(blue), atol=0.02)
+    assert middle.max() > 0.85 * blue.max()  # faces the camera and the light: bright
+    ring = image[100, 100 + 40]  # 24 px beyond the near sphere's rim
+    np.testing.assert_allclose(hue(ring), hue(orange), atol=0.02)
+    rim = image[100, 190]  # near the far sphere's edge, which turns away from the light
+    assert rim.max() < ring.max()
+    corners = image[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert (corners == 1).all()  # white background outside the sphere
+    covered = (image < 1).any(axis=2).mean()
+    assert 0.7 < covered < np.pi / 4 + 0.02  # a disc filling the square, without holes
+    assert (render_meshes({}, pixels=50) == 1).all()

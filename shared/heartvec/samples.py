@@ -65,23 +65,27 @@ def sample_surfaces(
         points float64 (count, 3) world mm, classes uint8 (count,), normals float64 (count, 3).
     """
     classes = list(surfaces)
-    areas, normals, triangles = [], [], []
-    for class_index in classes:
-        face_areas, face_normals = surfaces[class_index].face_areas_and_normals()
-        areas.append(face_areas)
-        normals.append(face_normals)
-        triangles.append(surfaces[class_index].triangles())
+    areas = [surfaces[c].face_areas_and_normals()[0] for c in classes]
     face_class = np.repeat(np.array(classes, dtype=np.uint8), [len(a) for a in areas])
     all_areas = np.concatenate(areas)
     chosen = rng.choice(len(all_areas), size=count, p=all_areas / all_areas.sum())
-    corners = np.concatenate(triangles)[chosen]  # (count, 3, 3)
+    # only the chosen faces' corners and normals (all of them cost a third of the time)
+    first_face = np.cumsum([0] + [len(a) for a in areas])
+    corners = np.empty((count, 3, 3))
+    for position, class_index in enumerate(classes):
+        mine = (chosen >= first_face[position]) & (chosen < first_face[position + 1])
+        surface = surfaces[class_index]
+        corners[mine] = surface.vertices[surface.faces[chosen[mine] - first_face[position]]]
+    a, b, c = np.moveaxis(corners, 1, 0)
+    cross = np.cross(b - a, c - a)
+    normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-30)[:, None]
     # uniform barycentric coordinates by folding the unit square onto the triangle
     u, v = rng.random((2, count))
     fold = u + v > 1
     u[fold], v[fold] = 1 - u[fold], 1 - v[fold]
     points = corners[:, 0] + u[:, None] * (corners[:, 1] - corners[:, 0])
     points += v[:, None] * (corners[:, 2] - corners[:, 0])
-    return points, face_class[chosen], np.concatenate(normals)[chosen]
+    return points, face_class[chosen], normals
 
 
 def near_surface_points(
