@@ -285,3 +285,7 @@ def test_mesh_rendering_draws_the_nearest_surface_in_its_class_colour() -> None:
     covered = (image < 1).any(axis=2).mean()
     assert 0.7 < covered < np.pi / 4 + 0.02  # a disc filling the square, without holes
     assert (render_meshes({}, pixels=50) == 1).all()
+    empty = Surface(np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int32))
+    assert (render_meshes({3: empty}, pixels=50) == 1).all()
+    from_above = render_meshes(meshes, pixels=50, towards_camera=(0.0, 0.0, 1.0))
+    np.testing.assert_allclose(hue(from_above[25, 25]), hue(orange), atol=0.02)  # near: off-axis

@@ -24,7 +24,8 @@ def render_meshes(
 ) -> np.ndarray:
     """A shaded picture of the class meshes (RGB float (pixels, pixels, 3) in [0, 1], white
     background), orthographic, seen from `towards_camera` (RAS+ world axes) with +z (superior)
-    up: the patient's front from slightly right and above by default.
+    up (+y, anterior, when seen along z): the patient's front from slightly right and above by
+    default.
 
     Each vertex is drawn as a square splat about its spacing wide, with a depth test (the
     nearest vertex wins a pixel) and Lambert shading from its normal (the area-weighted mean
@@ -32,18 +33,21 @@ def render_meshes(
     spread evenly), where matplotlib's 3-D polygons took a second for a sparse subset of the
     faces and sorted whole polygons rather than pixels."""
     image = np.ones((pixels, pixels, 3))
+    meshes = {c: s for c, s in meshes.items() if len(s.faces)}
     if not meshes:
         return image
     backward = np.asarray(towards_camera, dtype=float)
     backward /= np.linalg.norm(backward)
     right = np.cross((0.0, 0.0, 1.0), backward)
+    if np.linalg.norm(right) < 1e-6:  # seen from straight above or below: anterior up
+        right = np.cross((0.0, 1.0, 0.0), backward)
     right /= np.linalg.norm(right)
     up = np.cross(backward, right)
     vertices = np.concatenate([s.vertices for s in meshes.values()])
     normals = np.concatenate([_vertex_normals(s) for s in meshes.values()])
     classes = np.repeat(list(meshes), [len(s.vertices) for s in meshes.values()])
     x, y, depth = vertices @ right, vertices @ up, -(vertices @ backward)  # depth: small = near
-    extent = 1.04 * max(np.ptp(x), np.ptp(y))
+    extent = max(1.04 * max(np.ptp(x), np.ptp(y)), 1e-6)
     size = extent / pixels  # mm per pixel
     spacing = np.median([_edge_length(s) for s in meshes.values()])
     splat = int(np.clip(np.ceil(1.5 * spacing / size), 2, 6))
