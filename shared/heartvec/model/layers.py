@@ -42,7 +42,7 @@ def fused_linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch
     For fp32 inference on a CPU, one oneDNN call with the bias and the GELU fused into the matrix
     product: `addmm` first copies the bias into every output row, and the GELU is another pass,
     on the decoder's 8192 x 1024 feed-forward activations 15% of a 2-core CPU's decode together
-    (AVX2 EPYC: the feed-forward 20% faster, the decoder about 12%; same values to ~1e-6).
+    (AVX2 EPYC: the feed-forward 20% faster, the decoder 10-16%; same values to ~1e-6).
     Everywhere else (training, refinement, GPUs, bf16 autocast) the plain modules."""
     if _fused(x):
         assert _FUSED_LINEAR is not None
