@@ -18,7 +18,7 @@ from heartvec.normalization import (
     fitted_normalization,
     fixed_normalization,
 )
-from heartvec.surfaces import Surface, class_surfaces
+from heartvec.surfaces import Surface, class_surfaces, triangle_areas_and_normals
 from heartvec.volume import LabelVolume
 
 ABSENT_SDF = 2.0
@@ -76,9 +76,7 @@ def sample_surfaces(
         mine = (chosen >= first_face[position]) & (chosen < first_face[position + 1])
         surface = surfaces[class_index]
         corners[mine] = surface.vertices[surface.faces[chosen[mine] - first_face[position]]]
-    a, b, c = np.moveaxis(corners, 1, 0)
-    cross = np.cross(b - a, c - a)
-    normals = cross / np.maximum(np.linalg.norm(cross, axis=1), 1e-30)[:, None]
+    _, normals = triangle_areas_and_normals(corners)
     # uniform barycentric coordinates by folding the unit square onto the triangle
     u, v = rng.random((2, count))
     fold = u + v > 1

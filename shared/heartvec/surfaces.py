@@ -14,6 +14,14 @@ from skimage.measure import marching_cubes
 from heartvec.volume import LabelVolume
 
 
+def triangle_areas_and_normals(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 3, 3) triangle corners -> (T,) areas and (T, 3) unit normals (right-hand rule)."""
+    a, b, c = np.moveaxis(corners, 1, 0)
+    cross = np.cross(b - a, c - a)
+    double_area = np.linalg.norm(cross, axis=1)
+    return double_area / 2, cross / np.maximum(double_area, 1e-30)[:, None]
+
+
 @dataclass
 class Surface:
     """A closed triangle mesh with outward-facing triangles.
@@ -32,11 +40,7 @@ class Surface:
 
     def face_areas_and_normals(self) -> tuple[np.ndarray, np.ndarray]:
         """(F,) areas in mm^2 and (F, 3) outward unit normals."""
-        a, b, c = np.moveaxis(self.triangles(), 1, 0)
-        cross = np.cross(b - a, c - a)
-        double_area = np.linalg.norm(cross, axis=1)
-        normals = cross / np.maximum(double_area, 1e-30)[:, None]
-        return double_area / 2, normals
+        return triangle_areas_and_normals(self.triangles())
 
     def enclosed_volume(self) -> float:
         """Signed volume in mm^3 (positive for an outward-oriented closed mesh)."""

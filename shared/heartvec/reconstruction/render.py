@@ -73,9 +73,9 @@ def render_meshes(
 
 
 def _vertex_normals(surface: Surface) -> np.ndarray:
-    """(N, 3) unit normals: per vertex, the sum of its faces' cross products."""
-    a, b, c = np.moveaxis(surface.triangles(), 1, 0)
-    cross = np.cross(b - a, c - a)
+    """(N, 3) unit normals: per vertex, the area-weighted sum of its faces' normals."""
+    areas, normals = surface.face_areas_and_normals()
+    cross = normals * areas[:, None]
     count = len(surface.vertices)
     summed = np.stack(
         [np.bincount(surface.faces.ravel(), np.repeat(cross[:, k], 3), count) for k in range(3)],
