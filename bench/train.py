@@ -4,10 +4,15 @@ Each configuration runs in a fresh process (so peak memory is its own): a few wa
 then timed steps of forward + backward + AdamW on synthetic batches of the training shapes
 (data loading excluded). The eikonal term is on. For comparison, the same step with the
 eikonal gradient taken by autograd (double backward, one per class channel) instead of the
-finite differences heartvec uses (`autograd`), and `base` without activation checkpointing
-(`fd-no-ckpt`).
+finite differences heartvec uses (`autograd`), `base` without activation checkpointing
+(`fd-no-ckpt`), and the step with the unfused AdamW used before (`fd-unfused-adamw`: an update
+of a dozen small operations per parameter tensor).
 
-Usage: .venv/bin/python bench/train.py [--quick]
+`--data` measures making training items instead (`PreparedShapes`, what a DataLoader worker
+does per shape): from files kept in memory with their index sets (`cache_mb`, the default)
+against reading each file again (`cache_mb: 0`, as before), on phantoms prepared here.
+
+Usage: .venv/bin/python bench/train.py [--quick] [--data]
 """
 
 from __future__ import annotations
@@ -32,13 +37,16 @@ from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer.config import TRAIN_PRESETS, TrainConfig
 from heartvec_trainer.losses import sdf_target, training_loss
+from heartvec_trainer.train import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
-CPU_RUNS = [("tiny", 1, "fd"), ("tiny", 4, "fd"), ("tiny", 4, "autograd"), ("small", 1, "fd"),
-            ("small", 2, "fd"), ("small", 2, "autograd"), ("base", 1, "fd"),
+CPU_RUNS = [("tiny", 1, "fd"), ("tiny", 4, "fd"), ("tiny", 4, "fd-unfused-adamw"),
+            ("tiny", 4, "autograd"), ("small", 1, "fd"), ("small", 2, "fd"),
+            ("small", 2, "fd-unfused-adamw"), ("small", 2, "autograd"), ("base", 1, "fd"),
             ("base", 1, "fd-no-ckpt")]  # fmt: skip
 GPU_RUNS = [("small", 16, "fd"), ("small", 64, "fd"), ("base", 16, "fd"), ("base", 32, "fd"),
-            ("base", 64, "fd"), ("base", 8, "fd-no-ckpt"), ("base", 2, "autograd")]  # fmt: skip
+            ("base", 64, "fd"), ("base", 64, "fd-unfused-adamw"), ("base", 8, "fd-no-ckpt"),
+            ("base", 2, "autograd")]  # fmt: skip
 
 
 def synthetic_batch(preset: str, batch: int, config: TrainConfig, device: torch.device) -> dict:
@@ -89,8 +97,8 @@ def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str
     if mode == "fd-no-ckpt":  # the same step without activation checkpointing
         model_config = replace(model_config, activation_checkpointing=False)
     model = VecSetAutoencoder(model_config).to(device)
-    config = TRAIN_PRESETS[preset]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    config = replace(TRAIN_PRESETS[preset], learning_rate=1e-4)
+    optimizer = make_optimizer(model, config, device, fused=mode != "fd-unfused-adamw")
     batch = synthetic_batch(preset, batch_size, config, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -141,7 +149,10 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny and small only")
+    parser.add_argument("--data", action="store_true", help="measure making training items")
     args = parser.parse_args()
+    if args.data:
+        return measure_data()
     if args.one:
         preset, batch, mode = args.one
         print(json.dumps(measure_one(preset, int(batch), mode, args.steps)))
@@ -200,7 +211,7 @@ def update_benchmarks(summary: dict[str, Any], name: str) -> None:
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/train.py`.",
         "",
-        "| preset | batch | eikonal | shapes/s | s/step | peak memory | parameters |",
+        "| preset | batch | variant | shapes/s | s/step | peak memory | parameters |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in summary["runs"]:
@@ -217,6 +228,77 @@ def update_benchmarks(summary: dict[str, Any], name: str) -> None:
     lines += ["", f"![training benchmark](bench/results/{name}.png)"]
     heading = "Training throughput (GPU)" if name.endswith("gpu") else "Training throughput (CPU)"
     write_section(f"bench/train.py:{name}", heading, lines)
+
+
+DATA_CASES = [  # (phantom size, spacing mm, prepared points of each kind)
+    (128, 2.0, 40_000),  # the bundled checkpoint's training data
+    (256, 1.0, 100_000),  # `heartvec prepare`'s defaults on a 256^3 volume
+]
+
+
+def measure_data(items: int = 64) -> int:
+    """Items per second of `PreparedShapes` for tiny's and small's point counts, from files
+    kept in memory against files read each time; updates BENCHMARKS.md."""
+    import tempfile
+
+    from heartvec.cli import main as heartvec
+    from heartvec_trainer.data import PreparedShapes
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for size, spacing, points in DATA_CASES:
+            root = Path(folder) / f"{size}"
+            counts = [str(points)] * 3
+            assert heartvec(["phantom", str(root / "volumes"), "--count", "4", "--seed", "7000",
+                             "--size", str(size), "--spacing", str(spacing)]) == 0  # fmt: skip
+            assert heartvec(["prepare", str(root / "volumes"), "--out", str(root / "data"),
+                             "--surface-points", counts[0], "--vol-points", counts[1],
+                             "--near-points", counts[2]]) == 0  # fmt: skip
+            files = sorted((root / "data").glob("*.npz"))
+            megabytes = sum(f.stat().st_size for f in files) / len(files) / 2**20
+            for preset in ("tiny", "small"):
+                row: dict[str, Any] = {
+                    "phantom": f"{size}^3, {points:,} points of each kind",
+                    "file_mb": round(megabytes, 1),
+                    "preset": preset,
+                }
+                for name, cache_mb in (("read", 0.0), ("kept", 4096.0)):
+                    config = replace(TRAIN_PRESETS[preset], cache_mb=cache_mb)
+                    dataset = PreparedShapes(files, MODEL_PRESETS[preset].num_inputs, config)
+                    for key in range(len(files)):  # first reads (kept from here on)
+                        dataset[key]
+                    started = time.perf_counter()
+                    for key in range(items):
+                        dataset[len(files) + key]  # later epochs' draws
+                    row[f"{name}_ms"] = (time.perf_counter() - started) / items * 1000
+                rows.append(row)
+                print(row, flush=True)
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = _cpu_name()
+    out = REPO / "bench" / "results"
+    (out / "train_data.json").write_text(json.dumps({"date": date, "cpu": cpu, "rows": rows},
+                                                    indent=2))  # fmt: skip
+    lines = [
+        f"Measured {date} on {cpu} by `bench/train.py --data` (one process, {items} items each"
+        ", after each file's first read).",
+        "",
+        "| prepared phantom | file | preset | read each time | kept in memory | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['phantom']} | {r['file_mb']} MB | {r['preset']} | {r['read_ms']:.1f} ms | "
+            f"{r['kept_ms']:.1f} ms | {r['read_ms'] / r['kept_ms']:.1f}x |"
+        )
+    write_section("bench/train.py:train_data", "Training items (CPU)", lines)
+    return 0
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 if __name__ == "__main__":

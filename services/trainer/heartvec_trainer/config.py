@@ -47,6 +47,8 @@ class TrainConfig:
             still ends at the low learning rate. For fixed GPU leases and SLURM wall times.
         precision: 'auto' (bf16 autocast on GPU, fp32 on CPU), 'fp32' or 'bf16'.
         workers: DataLoader worker processes.
+        cache_mb: prepared files kept in memory once read, per process (the main one and each
+            worker), in MiB; files past it are read again each time (0: none kept).
         seed: seeds model initialisation and every random draw of the data.
     """
 
@@ -80,11 +82,14 @@ class TrainConfig:
     checkpoint_every_s: float = 0.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     workers: int = 2
+    cache_mb: float = 1024.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.repeats < 1 or self.checkpoint_every_s < 0:
-            raise InputError("train config", "repeats must be >= 1, checkpoint_every_s >= 0")
+        if self.repeats < 1 or self.checkpoint_every_s < 0 or self.cache_mb < 0:
+            raise InputError(
+                "train config", "repeats must be >= 1, checkpoint_every_s and cache_mb >= 0"
+            )
         if not 0.0 <= self.near_balance <= 1.0:
             raise InputError("train config", f"near_balance {self.near_balance}: must be 0..1")
         if self.time_limit_s is not None and self.time_limit_s <= 0:

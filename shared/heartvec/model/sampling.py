@@ -32,24 +32,42 @@ def farthest_point_sampling(points: torch.Tensor, count: int) -> torch.Tensor:
     return chosen
 
 
+def class_members(labels: np.ndarray) -> list[np.ndarray]:
+    """Indices of each class present in `labels` (S,), in increasing class order: what
+    `balanced_surface_subsample` draws from (a training sample keeps them, drawn from often)."""
+    order = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.diff(labels[order], prepend=labels[order][:1] - 1))
+    return [members.astype(np.int32) for members in np.split(order, starts[1:])]
+
+
+def balanced_pick(members: list[np.ndarray], count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` indices drawn evenly from each group of `members` (with replacement from a group
+    with too few), shuffled."""
+    shares = np.full(len(members), count // len(members))
+    shares[: count - shares.sum()] += 1
+    picked = [
+        rng.choice(group, size=share, replace=len(group) < share)
+        for group, share in zip(members, shares, strict=True)
+    ]
+    return rng.permutation(np.concatenate(picked))
+
+
 def balanced_surface_subsample(
-    points: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator
+    points: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    members: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`count` surface points drawn evenly per class present, so thin vessels are not drowned
     by the chambers; shuffled. Classes with too few points are drawn with replacement.
 
     Args:
         points: (S, 3) surface samples; labels: (S,) class index 1..C.
+        members: `class_members(labels)`, when already known.
 
     Returns:
         points (count, 3) float32 and labels (count,) int64.
     """
-    classes = np.unique(labels)
-    shares = np.full(len(classes), count // len(classes))
-    shares[: count - shares.sum()] += 1
-    picked = []
-    for class_index, share in zip(classes, shares, strict=True):
-        members = np.flatnonzero(labels == class_index)
-        picked.append(rng.choice(members, size=share, replace=len(members) < share))
-    order = rng.permutation(np.concatenate(picked))
+    order = balanced_pick(class_members(labels) if members is None else members, count, rng)
     return points[order].astype(np.float32), labels[order].astype(np.int64)
