@@ -72,8 +72,11 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
+# two pytest-xdist workers, a file each at a time, each with half the cores (tests/conftest.py):
+# the service tests' waiting overlaps the training tests' arithmetic. TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 pytest: $(VENV)/.installed web browser
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: lint typecheck pytest
 

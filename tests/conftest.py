@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+
+# Under pytest-xdist (`make test` runs two workers): each worker, and every process it starts
+# (CLI commands, API servers, Celery workers, torchrun), gets its share of the cores. Two workers
+# with a thread per core each made the torch tests fight over the cores: the overfit test ran
+# 8x slower than alone (OpenMP threads spin waiting for each other).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +20,11 @@ import pytest
 
 from heartvec.cli import main as heartvec_main
 from heartvec.phantom import make_phantom
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # were torch imported already
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"

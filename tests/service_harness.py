@@ -52,6 +52,24 @@ def postgres_database() -> Iterator[str]:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def redis_database() -> Iterator[str]:
+    """A database of this machine's Redis (6379) of its own, emptied afterwards. Yields its URL.
+
+    Under pytest-xdist each worker draws from its own share of the databases 1-15 (beyond 15
+    workers, two share one), so tests running at the same time never share a broker queue."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = min(15, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    own = range(1 + worker % workers, 16, workers)
+    index = own[secrets.randbelow(len(own))]
+    try:
+        yield f"redis://127.0.0.1:6379/{index}"
+    finally:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=5) as s:
+            s.sendall(f"SELECT {index}\r\nFLUSHDB\r\n".encode())
+            s.recv(64)
+
+
 class RedisServer:
     """A private `redis-server` (no persistence, like this machine's) that a test can restart."""
 

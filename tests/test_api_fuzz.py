@@ -3,15 +3,13 @@ operation (valid, invalid, stateful sequences) never get a 5xx."""
 
 from __future__ import annotations
 
-import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import Service, postgres_database
+from service_harness import Service, postgres_database, redis_database
 
 pytestmark = pytest.mark.slow
 
@@ -22,20 +20,13 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 def api(tmp_path: Path) -> Iterator[Service]:
     """The Celery-mode API on Postgres and its own Redis database (no worker: the generated
     uploads that pass validation stay queued)."""
-    redis_db = 1 + secrets.randbelow(15)
-    with postgres_database() as url:
-        env = {
-            "HEARTVEC_DATABASE_URL": url,
-            "HEARTVEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
-        }
+    with postgres_database() as url, redis_database() as broker:
+        env = {"HEARTVEC_DATABASE_URL": url, "HEARTVEC_BROKER_URL": broker}
         service = Service(tmp_path / "service", env, embedded=False)
         service.folder.mkdir()
         service.start_api()
         yield service
         service.stop()
-    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as s:
-        s.sendall(f"SELECT {redis_db}\r\nFLUSHDB\r\n".encode())
-        s.recv(64)
 
 
 def test_no_generated_request_gets_a_server_error(api: Service) -> None:

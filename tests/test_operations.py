@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import write_nifti
 from prometheus_client.parser import text_string_to_metric_families
-from service_harness import FAST_RECOVERY, Service, free_port, wait_for
+from service_harness import FAST_RECOVERY, Service, free_port, redis_database, wait_for
 
 from heartvec.phantom import make_phantom
 
@@ -195,31 +194,31 @@ def test_postgres_restarted_mid_job_answers_503_briefly_and_loses_nothing(
     postgres = PrivatePostgres()
     postgres.start()
     try:
-        redis_db = 1 + secrets.randbelow(15)
-        service = Service(
-            tmp_path / "service",
-            {**FAST_RECOVERY, "HEARTVEC_DATABASE_URL": postgres.url,
-             "HEARTVEC_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}"},
-            embedded=False,
-        )  # fmt: skip
-        service.folder.mkdir()
-        services.append(service)
-        service.start_api()
-        service.start_worker()
-        job_id = service.submit(phantom, resolution=64, refine_steps=0).json()["id"]
-        wait_for(lambda: service.job(job_id)["stage"] == "decode", 60, "the decode stage")
-        postgres.restart()
-        answers = [service.client.get(f"/jobs/{job_id}").status_code for _ in range(5)]
-        # pooled connections died with the server: the first request finds out (503), the pool
-        # is refilled, and the next ones are answered
-        assert answers[0] == 503 and answers[-1] == 200, answers
-        job = service.wait_status(job_id, {"succeeded", "failed"}, 120)
-        assert job["status"] == "succeeded", job["error"]
-        late = service.submit(phantom, **QUICK)
-        assert late.status_code == 202
-        assert service.wait_status(late.json()["id"], {"succeeded", "failed"})["status"] == (
-            "succeeded"
-        )
+        with redis_database() as broker:
+            service = Service(
+                tmp_path / "service",
+                {**FAST_RECOVERY, "HEARTVEC_DATABASE_URL": postgres.url,
+                 "HEARTVEC_BROKER_URL": broker},
+                embedded=False,
+            )  # fmt: skip
+            service.folder.mkdir()
+            services.append(service)
+            service.start_api()
+            service.start_worker()
+            job_id = service.submit(phantom, resolution=64, refine_steps=0).json()["id"]
+            wait_for(lambda: service.job(job_id)["stage"] == "decode", 60, "the decode stage")
+            postgres.restart()
+            answers = [service.client.get(f"/jobs/{job_id}").status_code for _ in range(5)]
+            # pooled connections died with the server: the first request finds out (503), the pool
+            # is refilled, and the next ones are answered
+            assert answers[0] == 503 and answers[-1] == 200, answers
+            job = service.wait_status(job_id, {"succeeded", "failed"}, 120)
+            assert job["status"] == "succeeded", job["error"]
+            late = service.submit(phantom, **QUICK)
+            assert late.status_code == 202
+            assert service.wait_status(late.json()["id"], {"succeeded", "failed"})["status"] == (
+                "succeeded"
+            )
     finally:
         for service in services:
             service.stop()

@@ -36,7 +36,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (root / "data" / "train.csv").write_text("file\n" + "phantom_s0003.npz\n" * 16)
     (root / "data" / "val.csv").write_text("file\nphantom_s0003.npz\n")
     config = root / "config.yaml"
-    config.write_text("preset: tiny\ntrain: {learning_rate: 3.0e-3, workers: 0, val_every: 0}\n")
+    config.write_text(  # one checkpoint and curve at the end, not after each short epoch
+        "preset: tiny\ntrain: {learning_rate: 3.0e-3, workers: 0, val_every: 0,\n"
+        "        checkpoint_every_s: 600}\n"
+    )
     run = root / "run"
     assert main(["train", "--data", str(root / "data"), "--out", str(run), "--config", str(config),
                  "--epochs", "50"]) == 0  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import secrets
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,14 @@ import numpy as np
 import pytest
 from bad_inputs import BAD_INPUTS
 from conftest import write_nifti
-from service_harness import FAST_RECOVERY, RedisServer, Service, postgres_database, wait_for
+from service_harness import (
+    FAST_RECOVERY,
+    RedisServer,
+    Service,
+    postgres_database,
+    redis_database,
+    wait_for,
+)
 
 from heartvec.phantom import make_phantom
 
@@ -40,11 +46,8 @@ def database_url() -> Iterator[str]:
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     """A database of this machine's Redis of its own, emptied afterwards."""
-    index = 1 + secrets.randbelow(15)
-    yield f"redis://127.0.0.1:6379/{index}"
-    with socket.create_connection(("127.0.0.1", 6379), timeout=5) as s:
-        s.sendall(f"SELECT {index}\r\nFLUSHDB\r\n".encode())
-        s.recv(64)
+    with redis_database() as url:
+        yield url
 
 
 @pytest.fixture
