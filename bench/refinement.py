@@ -70,8 +70,9 @@ def score(volume: LabelVolume, classes: np.ndarray) -> dict[str, Any]:
     }
 
 
-Setting = tuple[str, float, int, float, int]
-"""(target, step size, steps, sign weight); steps 0: no refinement."""
+Setting = tuple[str, float, int, float, int, float]
+"""(target, step size, steps, sign weight, points per step, final step size as a fraction of the
+first); steps 0: no refinement."""
 
 DEFAULT_SETTINGS = ["latents:0.08:20:0"] + [
     f"context:0.03:{steps}:{sign}" for steps in (150, 200) for sign in (0, 3, 10, 30, 100)
@@ -79,17 +80,18 @@ DEFAULT_SETTINGS = ["latents:0.08:20:0"] + [
 
 
 def parse_setting(text: str) -> Setting:
-    """'target:step size:steps[:sign weight[:points per step]]' (the defaults' when left
-    out)."""
+    """'target:step size:steps[:sign weight[:points per step[:final step size]]]' (the
+    defaults' when left out; the final step size is a fraction of the first, by a cosine)."""
     fields = text.split(":")
-    if not 3 <= len(fields) <= 5 or fields[0] not in TARGETS:
+    if not 3 <= len(fields) <= 6 or fields[0] not in TARGETS:
         raise argparse.ArgumentTypeError(
-            f"{text}: expected target:step size:steps[:sign weight[:points per step]], target "
-            f"one of {TARGETS}"
+            f"{text}: expected target:step size:steps[:sign weight[:points per step[:final "
+            f"step size]]], target one of {TARGETS}"
         )
     sign = float(fields[3]) if len(fields) >= 4 else defaults.REFINE_SIGN_WEIGHT
-    points = int(fields[4]) if len(fields) == 5 else defaults.REFINE_POINTS
-    return fields[0], float(fields[1]), int(fields[2]), sign, points
+    points = int(fields[4]) if len(fields) >= 5 else defaults.REFINE_POINTS
+    final = float(fields[5]) if len(fields) == 6 else defaults.REFINE_FINAL_LR
+    return fields[0], float(fields[1]), int(fields[2]), sign, points, final
 
 
 def label(row: dict[str, Any]) -> str:
@@ -97,10 +99,12 @@ def label(row: dict[str, Any]) -> str:
         return "none"
     sign = row.get("sign_weight", 0.0)
     points = row.get("points_per_step", OLD_POINTS)
+    final = row.get("final_lr", 1.0)
     return (
         f"{row['target']} {row['lr']:g}"
         + (f" sign {sign:g}" if sign else "")
         + (f" {points} points" if points != OLD_POINTS else "")
+        + (f" cosine to {final:g}" if final != 1.0 else "")
     )
 
 
@@ -120,15 +124,15 @@ def sweep_case(
     with torch.no_grad():
         encoded = model.encode(points.to(device), labels.to(device)).float()
     rows = []
-    for target, lr, steps, sign, points in tqdm(settings, desc=Path(volume.path).name,
-                                                leave=False):  # fmt: skip
+    for target, lr, steps, sign, points, final in tqdm(settings, desc=Path(volume.path).name,
+                                                       leave=False):  # fmt: skip
         started = time.perf_counter()
         record = None
         if steps:
             rng = np.random.default_rng(1)  # the same fit points for every setting
             _, context, record = refine_latents(
                 model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr,
-                target, sign, points,
+                target, sign, points, final,
             )  # fmt: skip
         else:
             with torch.no_grad():
@@ -145,6 +149,7 @@ def sweep_case(
                 "steps": steps,
                 "sign_weight": sign,
                 "points_per_step": points,
+                "final_lr": final,
                 "refine_s": round(refine_s, 2),
                 "held_out_iou_after": record and record["mean_held_out_iou_after"],
                 **score(volume, classes),
@@ -175,7 +180,7 @@ def main() -> int:
     args = parser.parse_args()
     checkpoint = args.checkpoint or default_checkpoint()
     loaded = load_model(checkpoint, args.device)
-    settings = [("latents", 0.0, 0, 0.0, 0), *args.settings]
+    settings = [("latents", 0.0, 0, 0.0, 0, 1.0), *args.settings]
     results: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
@@ -193,6 +198,7 @@ def main() -> int:
             "lr": ReconstructSettings.refine_lr,
             "sign_weight": defaults.REFINE_SIGN_WEIGHT,
             "points_per_step": defaults.REFINE_POINTS,
+            "final_lr": defaults.REFINE_FINAL_LR,
         },
         "phantoms": {},
     }
@@ -223,15 +229,15 @@ def merged(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if earlier[field] != new[field]:
             raise SystemExit(f"--append: {field} differs from bench/results/refinement.json")
 
-    def setting_of(row: dict[str, Any]) -> tuple[str, float, int, float, int]:
+    def setting_of(row: dict[str, Any]) -> Setting:
         if not row["steps"]:
-            return ("none", 0.0, 0, 0.0, 0)
-        points = row.get("points_per_step", OLD_POINTS)
-        return row["target"], row["lr"], row["steps"], row.get("sign_weight", 0.0), points
+            return ("none", 0.0, 0, 0.0, 0, 1.0)
+        points, final = row.get("points_per_step", OLD_POINTS), row.get("final_lr", 1.0)
+        return row["target"], row["lr"], row["steps"], row.get("sign_weight", 0.0), points, final
 
     def merge(old_rows: list[dict[str, Any]], new_rows: list[dict[str, Any]]) -> list[Any]:
         rows = {setting_of(r): r for r in old_rows} | {setting_of(r): r for r in new_rows}
-        none = rows.pop(("none", 0.0, 0, 0.0, 0))
+        none = rows.pop(("none", 0.0, 0, 0.0, 0, 1.0))
         return [none, *sorted(rows.values(), key=setting_of)]
 
     result = dict(new)
@@ -258,6 +264,7 @@ def phantom_means(results: dict[str, Any]) -> list[dict[str, Any]]:
             "steps": rows[0]["steps"],
             "sign_weight": rows[0].get("sign_weight", 0.0),
             "points_per_step": rows[0].get("points_per_step", OLD_POINTS),
+            "final_lr": rows[0].get("final_lr", 1.0),
             **{
                 key: float(np.mean([r[key] for r in rows]))
                 for key in ("mean_dice", "mean_dice_large", "refine_s")
@@ -308,6 +315,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _step_size(row: dict[str, Any]) -> str:
+    final = row.get("final_lr", 1.0)
+    return f"{row['lr']:g}" + (f" -> {row['lr'] * final:g} (cosine)" if final != 1.0 else "")
+
+
 def update_benchmarks(results: dict[str, Any]) -> None:
     means = phantom_means(results)
     real = results.get("real_heart") or [None] * len(means)
@@ -329,7 +341,7 @@ def update_benchmarks(results: dict[str, Any]) -> None:
     ]
     for row, heart in zip(means, real, strict=True):
         target, lr, sign, points = (
-            (row["target"], f"{row['lr']:g}", f"{row['sign_weight']:g}", row["points_per_step"])
+            (row["target"], _step_size(row), f"{row['sign_weight']:g}", row["points_per_step"])
             if row["steps"]
             else ("-", "-", "-", "-")
         )

@@ -149,3 +149,30 @@ def test_fused_cpu_inference_matches_the_plain_modules() -> None:
     assert (fused.sign() == plain.sign()).float().mean() > 0.999
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert not layers._fused(queries)
+
+
+def test_prepared_queries_decode_as_plain_queries_with_the_same_gradient() -> None:
+    """Refinement prepares its fit points' embedding and attention queries once and decodes
+    rows of them against each step's context: the same values and context gradient as
+    decoding the points themselves."""
+    torch.manual_seed(0)
+    model = VecSetAutoencoder(MODEL_PRESETS["tiny"]).eval()
+    points = torch.rand(1, 300, 3) * 2 - 1
+    labels = torch.randint(1, 11, (1, 300))
+    queries = torch.rand(1, 500, 3) * 2 - 1
+    rows = torch.randperm(500)[:200]
+    with torch.no_grad():
+        context = model.process(model.encode(points, labels))
+        embedded, query = model.prepare_queries(queries)
+    results = []
+    for prepared in (False, True):
+        free = context.clone().requires_grad_(True)
+        if prepared:
+            decoded = model.decode_prepared(free, (embedded[:, rows], query[:, :, rows]))
+        else:
+            decoded = model.decode(free, queries[:, rows])
+        decoded.square().sum().backward()
+        assert free.grad is not None and free.grad.abs().max() > 0
+        results.append((decoded.detach(), free.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-5)

@@ -187,6 +187,17 @@ def test_refinement_fits_an_unseen_heart(
         assert np.abs(written - encoded).max() > 1e-3
 
 
+def test_refinement_step_size_follows_a_cosine_to_its_final_fraction() -> None:
+    from heartvec.reconstruction.refine import cosine_factor
+
+    factors = [cosine_factor(step, 400, 0.1) for step in range(400)]
+    assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1)
+    assert factors[200] == pytest.approx(0.55, abs=0.01)  # halfway: halfway down
+    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+    assert {cosine_factor(step, 400, 1.0) for step in range(400)} == {1.0}  # constant
+    assert cosine_factor(0, 1, 0.1) == 1.0  # one step: the step size given
+
+
 def test_refinement_rejects_an_unknown_target() -> None:
     with pytest.raises(ValueError, match="refinement target 'weights'"):
         ReconstructSettings(refine_target="weights")

@@ -84,17 +84,24 @@ class Attention(nn.Module):
         self.to_key_value = nn.Linear(width, 2 * width, bias=False)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
+    def query_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, W) -> the attention's queries, (B, heads, N, W / heads)."""
         batch, length, width = x.shape
-        head_width = width // self.heads
-        query = self.to_query(x).view(batch, length, self.heads, head_width).transpose(1, 2)
+        return self.to_query(x).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(self.query_heads(x), x if context is None else context)
+
+    def attend(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Query heads (B, h, N, d) (`query_heads`) over a context (B, M, W) -> (B, N, W)."""
+        batch, _, length, head_width = query.shape
         key, value = (
             self.to_key_value(context)
             .view(batch, context.shape[1], 2, self.heads, head_width)
             .permute(2, 0, 3, 1, 4)
         )  # each (B, h, M, d)
         attended = F.scaled_dot_product_attention(query, key, value)  # (B, h, N, d)
+        width = head_width * self.heads
         return fused_linear(self.out, attended.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -123,11 +130,21 @@ class Block(nn.Module):
         self.attention = Attention(width, heads)
         self.feedforward = FeedForward(width) if feedforward else None
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        query: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`query`: `self.attention.query_heads(self.norm(x))`, when already known."""
         if self.context_norm is not None:
             assert context is not None, "a cross-attention block needs a context"
             context = self.context_norm(context)
-        x = x + self.attention(self.norm(x), context)
+        if query is None:
+            x = x + self.attention(self.norm(x), context)
+        else:
+            assert context is not None, "precomputed queries need a context"
+            x = x + self.attention.attend(query, context)
         if self.feedforward is not None:
             x = x + self.feedforward(x)
         return x

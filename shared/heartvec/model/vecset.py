@@ -63,8 +63,21 @@ class VecSetAutoencoder(nn.Module):
 
     def decode(self, context: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Query points (B, Q, 3) -> per-class SDF (B, Q, C), in the training target's units."""
-        x = self.decoder(self.query_embedding(queries), context)  # (B, Q, W)
-        return self.head(x)
+        return self.decode_prepared(context, self.prepare_queries(queries))
+
+    def prepare_queries(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the decoder computes from query points (B, Q, 3) before it meets a context:
+        their embedding (B, Q, W) and the cross-attention's query heads (B, h, Q, W / h).
+        Refinement decodes the same fit points against a changing context: once for all."""
+        x = self.query_embedding(queries)
+        return x, self.decoder.attention.query_heads(self.decoder.norm(x))
+
+    def decode_prepared(
+        self, context: torch.Tensor, prepared: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """`decode` from `prepare_queries`' output -> per-class SDF (B, Q, C)."""
+        embedded, query = prepared
+        return self.head(self.decoder(embedded, context, query))
 
     def forward(
         self, points: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor

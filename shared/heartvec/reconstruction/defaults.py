@@ -5,6 +5,7 @@ RESOLUTION = 256
 # refinement: chosen together by bench/refinement.py (BENCHMARKS.md)
 REFINE_STEPS = 400
 REFINE_LR = 3e-2  # Adam step size
+REFINE_FINAL_LR = 1.0  # the step size at the last step, as a fraction of REFINE_LR (cosine)
 REFINE_TARGET = "context"  # what refinement changes: "context" or "latents"
 REFINE_SIGN_WEIGHT = 30.0  # weight of the sign term in the fit loss (0: L1 only)
 # fit points per step, a third on the surface and the rest queries: on six unseen phantoms and

@@ -70,20 +70,30 @@ def _targets(
 SIGN_TEMPERATURE = 0.1  # as training's `sign_temperature`, in target units
 
 
+Prepared = tuple[torch.Tensor, torch.Tensor]
+"""`VecSetAutoencoder.prepare_queries` of a set of points."""
+
+
 def _loss(
     model: VecSetAutoencoder,
     context: torch.Tensor,
     data: dict[str, torch.Tensor],
     truncation: float | None,
     sign_weight: float = 0.0,
+    prepared: Prepared | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 of the SDF at the surface (own class, x10) and at the queries (every class), plus,
     with `sign_weight`, the training's sign term: binary cross-entropy of
     sigmoid(-prediction / SIGN_TEMPERATURE) against "inside" at the queries, because Dice
     counts signs and L1 does not. One decoder pass for both kinds of points (it decodes each
-    point on its own; one pass projects the context once and halves the kernel launches)."""
+    point on its own; one pass projects the context once and halves the kernel launches);
+    `prepared`: the decoder's work on those points (surface, then queries) that does not
+    depend on the context, done beforehand."""
     surface_count = data["surface"].shape[1]
-    decoded = model.decode(context, torch.cat([data["surface"], data["queries"]], dim=1))
+    if prepared is None:
+        decoded = model.decode(context, torch.cat([data["surface"], data["queries"]], dim=1))
+    else:
+        decoded = model.decode_prepared(context, prepared)
     at_surface, predicted = decoded[:, :surface_count], decoded[:, surface_count:]  # (1, S|Q, C)
     own = at_surface.gather(-1, data["labels"].unsqueeze(-1) - 1)
     target = data["sdf"].clamp(-truncation, truncation) / truncation if truncation else data["sdf"]
@@ -122,14 +132,17 @@ def _minibatch_indices(
 
 
 def _minibatch(
-    fit: dict[str, torch.Tensor], indices: dict[str, torch.Tensor], step: int
-) -> dict[str, torch.Tensor]:
-    """Step `step`'s fit points (`_minibatch_indices`)."""
+    fit: dict[str, torch.Tensor], indices: dict[str, torch.Tensor], step: int, prepared: Prepared
+) -> tuple[dict[str, torch.Tensor], Prepared]:
+    """Step `step`'s fit points (`_minibatch_indices`), and their rows of `prepared` (the
+    decoder's preparation of all fit points, surface then queries)."""
     drawn = {}
     for kind, keys in (("surface", ("surface", "labels")), ("queries", ("queries", "sdf"))):
         for key in keys:
             drawn[key] = fit[key][:, indices[kind][step]]
-    return drawn
+    rows = torch.cat([indices["surface"][step], indices["queries"][step] + fit["surface"].shape[1]])
+    embedded, query = prepared
+    return drawn, (embedded[:, rows], query[:, :, rows])
 
 
 class Adam:
@@ -165,6 +178,14 @@ class Adam:
         self.parameter.grad = None
 
 
+def cosine_factor(step: int, steps: int, final: float) -> float:
+    """The step size of step `step` of `steps` as a fraction of the first: a cosine from 1 down
+    to `final` at the last step."""
+    if steps <= 1 or final == 1.0:
+        return 1.0
+    return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
 def refine_latents(
     model: VecSetAutoencoder,
     latents: torch.Tensor,
@@ -178,9 +199,11 @@ def refine_latents(
     target: str = defaults.REFINE_TARGET,
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT,
     points_per_step: int = defaults.REFINE_POINTS,
+    final_lr: float = defaults.REFINE_FINAL_LR,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on `target` ('context' or 'latents') for `steps` steps of `points_per_step` fit
-    points each; `sign_weight` adds the sign term to the fit loss (`_loss`).
+    points each; `sign_weight` adds the sign term to the fit loss (`_loss`). The step size
+    follows a cosine from `learning_rate` to `learning_rate * final_lr` (1: constant).
 
     Returns:
         (latents, context, record): the latent set (refined when `target` is 'latents', else
@@ -225,9 +248,13 @@ def refine_latents(
     first_loss = last_loss = None  # tensors, read after the loop
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
     indices = _minibatch_indices(fit, generator, points_per_step, steps)
+    with torch.no_grad():  # the fit points' embedding and attention queries, once
+        prepared = model.prepare_queries(torch.cat([fit["surface"], fit["queries"]], dim=1))
     for step in range(steps):  # nothing here waits for the device
+        optimizer.lr = learning_rate * cosine_factor(step, steps, final_lr)
         current = model.process(free) if target == "latents" else free
-        loss, _ = _loss(model, current, _minibatch(fit, indices, step), truncation, sign_weight)
+        data, step_prepared = _minibatch(fit, indices, step, prepared)
+        loss, _ = _loss(model, current, data, truncation, sign_weight, step_prepared)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -250,6 +277,7 @@ def refine_latents(
             "learning_rate": learning_rate,
             "sign_weight": sign_weight,
             "points_per_step": points_per_step,
+            "final_lr": final_lr,
             "loss_first": first_loss.item() if first_loss is not None else None,
             "loss_last": last_loss.item() if last_loss is not None else None,
             "held_out_iou_before": before,
