@@ -290,8 +290,23 @@ def measure_data(items: int = 64) -> int:
             f"| {r['phantom']} | {r['file_mb']} MB | {r['preset']} | {r['read_ms']:.1f} ms | "
             f"{r['kept_ms']:.1f} ms | {r['read_ms'] / r['kept_ms']:.1f}x |"
         )
+    lines += ["", "![training items](bench/results/train_data.png)"]
     write_section("bench/train.py:train_data", "Training items (CPU)", lines)
+    plot_data(rows, out / "train_data.png")
     return 0
+
+
+def plot_data(rows: list[dict[str, Any]], path: Path) -> None:
+    """Milliseconds per item, read each time against kept in memory, per case and preset."""
+    labels = [f"{r['phantom'].split(',')[0]} {r['preset']}" for r in rows]
+    figure, axis = plt.subplots(figsize=(7, 3), constrained_layout=True)
+    y = range(len(rows))
+    axis.barh([i + 0.2 for i in y], [r["read_ms"] for r in rows], 0.4, label="read each time")
+    axis.barh([i - 0.2 for i in y], [r["kept_ms"] for r in rows], 0.4, label="kept in memory")
+    axis.set(yticks=list(y), yticklabels=labels, xlabel="ms per training item")
+    axis.legend()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
 
 
 def _cpu_name() -> str:
