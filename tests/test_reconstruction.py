@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_refinement_step_size_follows_a_cosine_to_its_final_fraction() -> None:
     factors = [cosine_factor(step, 400, 0.1) for step in range(400)]
     assert factors[0] == 1.0 and factors[-1] == pytest.approx(0.1)
     assert factors[200] == pytest.approx(0.55, abs=0.01)  # halfway: halfway down
-    assert all(a > b for a, b in zip(factors, factors[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(factors))
     assert {cosine_factor(step, 400, 1.0) for step in range(400)} == {1.0}  # constant
     assert cosine_factor(0, 1, 0.1) == 1.0  # one step: the step size given
 
