@@ -36,7 +36,8 @@ def class_members(labels: np.ndarray) -> list[np.ndarray]:
     """Indices of each class present in `labels` (S,), in increasing class order: what
     `balanced_surface_subsample` draws from (a training sample keeps them, drawn from often)."""
     order = np.argsort(labels, kind="stable")
-    starts = np.flatnonzero(np.diff(labels[order], prepend=labels[order][:1] - 1))
+    ordered = labels[order]
+    starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1))
     return [members.astype(np.int32) for members in np.split(order, starts[1:])]
 
 
