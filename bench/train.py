@@ -241,6 +241,8 @@ def measure_data(items: int = 64) -> int:
     kept in memory against files read each time; updates BENCHMARKS.md."""
     import tempfile
 
+    from reconstruct import cpu_description
+
     from heartvec.cli import main as heartvec
     from heartvec_trainer.data import PreparedShapes
 
@@ -274,7 +276,7 @@ def measure_data(items: int = 64) -> int:
                 rows.append(row)
                 print(row, flush=True)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cpu = _cpu_name()
+    cpu = cpu_description()
     out = REPO / "bench" / "results"
     (out / "train_data.json").write_text(json.dumps({"date": date, "cpu": cpu, "rows": rows},
                                                     indent=2))  # fmt: skip
@@ -307,13 +309,6 @@ def plot_data(rows: list[dict[str, Any]], path: Path) -> None:
     axis.legend()
     figure.savefig(path, dpi=90)
     plt.close(figure)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 if __name__ == "__main__":
