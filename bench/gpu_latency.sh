@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GPU reconstruction latency on a lent machine, in one call: `bench/reconstruct.py --latency-only`
+# (separate `heartvec reconstruct` processes, and band vs dense decoding) and
+# `bench/profile_reconstruct.py` (in one process: cold, then with the model kept loaded, under
+# cProfile). What it keeps goes to $OUT: the log, and results.tar.gz with the latency JSON,
+# BENCHMARKS.md as the benchmark rewrote it and the profiles.
+#
+#   OUT=/tmp/gpu-out bash bench/gpu_latency.sh
+#
+# On a bare machine whose python3 has torch and the scientific stack but not the packages named in
+# services/trainer/gpu_session.sh, carry them as wheels in .whl/ (that script's header says how):
+# they are installed into /tmp/site and a `heartvec` command is put on PATH.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+OUT=${OUT:?set OUT to a folder for the results}
+DEVICE=${DEVICE:-cuda}
+REPEATS=${REPEATS:-3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/keep"
+if [ -d .whl ] && ! python3 -c "import heartvec" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer
+  mkdir -p /tmp/bin
+  printf '#!/bin/sh\nexec python3 -c "from heartvec.cli import entry; entry()" "$@"\n' \
+    >/tmp/bin/heartvec
+  chmod +x /tmp/bin/heartvec
+  export PATH=/tmp/bin:$PATH
+fi
+{ nvidia-smi -L || true; nproc; lscpu | grep 'Model name' || true; python3 -c \
+  "import torch, numpy, skimage; print(torch.__version__, numpy.__version__, skimage.__version__)"
+} 2>&1 | tee "$OUT/keep/machine.txt"
+started=$SECONDS
+python3 bench/reconstruct.py --device "$DEVICE" --latency-only --repeats "$REPEATS"
+cp bench/results/reconstruct_latency_"${DEVICE%%:*}".json BENCHMARKS.md "$OUT/keep/"
+echo "latency benchmark: $((SECONDS - started)) s"
+python3 bench/profile_reconstruct.py --device "$DEVICE" --out "$OUT/keep/profile" --runs 2
+tar -C "$OUT/keep" -czf "$OUT/results.tar.gz" . && rm -rf "$OUT/keep"
+echo "done in $((SECONDS - started)) s"
