@@ -2,7 +2,7 @@
 # GPU reconstruction latency on a lent machine, in one call: `bench/reconstruct.py --latency-only`
 # (separate `heartvec reconstruct` processes, and band vs dense decoding) and
 # `bench/profile_reconstruct.py` (in one process: cold, then with the model kept loaded, under
-# cProfile). What it keeps goes to $OUT: the log, and results.tar.gz with the latency JSON,
+# cProfile; with the host pool and without). What it keeps goes to $OUT: the log, and results.tar.gz with the latency JSON,
 # BENCHMARKS.md as the benchmark rewrote it and the profiles.
 #
 #   OUT=/tmp/gpu-out bash bench/gpu_latency.sh
@@ -35,5 +35,7 @@ python3 bench/reconstruct.py --device "$DEVICE" --latency-only --repeats "$REPEA
 cp bench/results/reconstruct_latency_"${DEVICE%%:*}".json BENCHMARKS.md "$OUT/keep/"
 echo "latency benchmark: $((SECONDS - started)) s"
 python3 bench/profile_reconstruct.py --device "$DEVICE" --out "$OUT/keep/profile" --runs 2
+HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 \
+  --out "$OUT/keep/profile-no-pool"
 tar -C "$OUT/keep" -czf "$OUT/results.tar.gz" . && rm -rf "$OUT/keep"
 echo "done in $((SECONDS - started)) s"

@@ -19,16 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
-
-from heartvec.labels import load_label_table
-from heartvec.phantom import make_phantom
-from heartvec.reconstruction import defaults
-from heartvec.reconstruction.pipeline import ReconstructSettings, load_model, reconstruct
-from heartvec.settings import default_checkpoint
-
 
 def main() -> int:
+    # imported here: the host pool's spawned workers import this file as their main module
+    import nibabel as nib
+
+    from heartvec.labels import load_label_table
+    from heartvec.phantom import make_phantom
+    from heartvec.reconstruction import defaults
+    from heartvec.reconstruction.pipeline import ReconstructSettings, load_model, reconstruct
+    from heartvec.settings import default_checkpoint
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, required=True, help="folder for the profiles")

@@ -312,3 +312,48 @@ def test_dense_decoding_on_the_device_gives_the_grids_values() -> None:
         assert values.dtype == np.float32
         np.testing.assert_allclose(values, reference, atol=1e-5)
     assert np.ptp(reference) > 0.01  # a field that varies, so the order is tested
+
+
+def test_host_pool_gives_the_inline_result(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a host pool of two spawned processes (a GPU machine's many cores run the classes'
+    marching cubes and stray pieces, the refinement's distances and the preview there) the
+    outputs are those of the inline run, byte for byte; a pool that was shut down under a job
+    leaves it to run inline."""
+    from heartvec.reconstruction import hostwork
+
+    phantom, checkpoint = trained
+    table = load_label_table("default")
+    settings = ReconstructSettings(resolution=48, refine_steps=10, min_piece=0.05)
+    reports = {}
+    for workers in ("0", "2"):
+        monkeypatch.setenv(hostwork.WORKERS_VARIABLE, workers)
+        try:
+            pool = hostwork.host_pool()
+            assert (pool is None) == (workers == "0")
+            reports[workers] = reconstruct(phantom, tmp_path / workers, table, checkpoint, settings)
+        finally:
+            hostwork.shutdown_host_pool()
+    inline, pooled = reports["0"], reports["2"]
+    assert pooled["classes"] == inline["classes"]
+    assert pooled["refinement"]["held_out_iou_after"] == inline["refinement"]["held_out_iou_after"]
+    assert pooled["grid"]["pieces_dropped"] == inline["grid"]["pieces_dropped"]
+    meshes = sorted(p.relative_to(tmp_path / "0") for p in (tmp_path / "0" / "meshes").iterdir())
+    assert len(meshes) >= 8
+    for name in ("heart.glb", "reconstruction.nii.gz", "latent.npy", *meshes):
+        assert (tmp_path / "2" / name).read_bytes() == (tmp_path / "0" / name).read_bytes(), name
+    assert (tmp_path / "2" / "preview.png").stat().st_size > 10_000
+
+    monkeypatch.setenv(hostwork.WORKERS_VARIABLE, "1")
+    pool = hostwork.host_pool()
+    assert pool is not None
+    hostwork.shutdown_host_pool()
+    late = hostwork.Deferred(
+        hostwork.preview_slices, (np.ones((3, 3, 3)), np.zeros((3, 3, 3))), pool
+    )
+    assert late.future is None and late.result()["axis 0"][0].shape == (3, 3)
+    assert hostwork.host_pool() is not pool  # a new one
+    hostwork.shutdown_host_pool()
+    monkeypatch.setenv(hostwork.WORKERS_VARIABLE, "two")
+    assert hostwork.host_workers() == 0

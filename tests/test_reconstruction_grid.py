@@ -12,7 +12,7 @@ from skimage.measure import marching_cubes
 
 from heartvec.normalization import Normalization
 from heartvec.reconstruction.grid import decode_grid, upsample2
-from heartvec.reconstruction.meshes import class_meshes, drop_stray_pieces
+from heartvec.reconstruction.meshes import class_meshes
 
 CENTRES = np.array([[-0.3, 0.1, 0.0], [0.35, -0.2, 0.1], [0.0, 0.3, -0.35]])
 RADII = np.array([0.25, 0.12, 0.03])  # the third: a small vessel, a few cells across
@@ -183,16 +183,20 @@ def test_stray_pieces_are_dropped_and_the_rest_kept() -> None:
     low, high = np.full(3, -0.7), np.full(3, 0.7)
     grid = decode_grid(two_classes, low, high, 97, units_per_distance=10, dense=True)
     before = grid.values.copy()
-    assert drop_stray_pieces(grid, 0.0) == {}
+    kept_all, dropped = class_meshes(grid, Normalization(np.zeros(3), 1.0), 0.0)
+    assert dropped == {}
     np.testing.assert_array_equal(grid.values, before)
 
-    assert drop_stray_pieces(grid, 0.1) == {1: 1}
+    meshes, dropped = class_meshes(grid, Normalization(np.zeros(3), 1.0), 0.1)
+    assert dropped == {1: 1}
     points = low + np.indices(grid.values.shape[:3]).reshape(3, -1).T * grid.spacing
     in_stray = np.linalg.norm(points - stray, axis=1).reshape(grid.values.shape[:3]) < 0.2
     assert (before[..., 0][in_stray] < 0).any() and (grid.values[..., 0][in_stray] > 0).all()
     np.testing.assert_array_equal(grid.values[..., 0][~in_stray], before[..., 0][~in_stray])
     np.testing.assert_array_equal(grid.values[..., 1], before[..., 1])
-    meshes = class_meshes(grid, Normalization(np.zeros(3), 1.0))
+    # the other class's mesh is the one made without dropping; the body's is a part of it
+    np.testing.assert_array_equal(meshes[2].vertices, kept_all[2].vertices)
+    assert len(meshes[1].faces) < len(kept_all[1].faces)
     pieces = {  # marching cubes leaves a few lone degenerate triangles: not pieces
         c: [p for p in trimesh.Trimesh(m.vertices, m.faces).split(only_watertight=False)
             if len(p.faces) > 10]

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import affine_transform
-from scipy.ndimage import label as connected_pieces
-from skimage.measure import marching_cubes
 
 from heartvec.normalization import Normalization
 from heartvec.reconstruction.grid import SdfGrid
+from heartvec.reconstruction.hostwork import class_mesh, run_all
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
@@ -32,60 +31,50 @@ def _negative_boxes(grid: SdfGrid) -> list[tuple[int, np.ndarray, np.ndarray]]:
     return boxes
 
 
-def drop_stray_pieces(grid: SdfGrid, min_fraction: float) -> dict[int, int]:
-    """Per class, set the pieces of its inside smaller than `min_fraction` of its largest piece
-    outside, in place; returns {class index: pieces dropped} for the classes that lost any.
+def class_meshes(
+    grid: SdfGrid, normalization: Normalization, min_fraction: float = 0.0
+) -> tuple[dict[int, Surface], dict[int, int]]:
+    """One closed mesh per class whose SDF goes negative somewhere, in world millimetres, after
+    dropping each class's stray pieces; returns (meshes, {class index: pieces dropped} for the
+    classes that lost any). A class per process of the host pool where there is one
+    (`hostwork.class_mesh`; marching cubes and the labelling hold the GIL), else one by one.
 
-    A piece is a 26-connected set of negative grid points, so a dropped piece never touches a
-    kept one and the kept surfaces do not move. The decoded field can dip below zero far from
-    where a class lies (on the real heart: two pieces of aorta 3-5% of its size, 80 mm away,
-    HD95 83 mm); each whole-heart structure is one piece, the pulmonary veins a few of similar
-    size. Its points become the same small distance above zero, so neither marching cubes nor
-    the label volume sees them. 0 keeps everything.
+    Stray pieces: those of a class's inside (26-connected negative grid points) smaller than
+    `min_fraction` of its largest piece; their points are set a small distance above zero in
+    `grid`, in place, so the label volume does not see them either. A dropped piece never
+    touches a kept one and the kept surfaces do not move. The decoded field can dip below zero
+    far from where a class lies (on the real heart: two pieces of aorta 3-5% of its size,
+    80 mm away, HD95 83 mm); each whole-heart structure is one piece, the pulmonary veins a few
+    of similar size. 0 keeps everything.
     """
-    if min_fraction <= 0:
-        return {}
-    dropped = {}
+    jobs: list[tuple[np.ndarray, float]] = []
+    boxes: list[tuple[int, tuple[slice, ...]]] = []
     for channel, first, last in _negative_boxes(grid):
-        box = [slice(int(a), int(b) + 1) for a, b in zip(first, last, strict=True)]
-        values = grid.values[box[0], box[1], box[2], channel]  # a view: written in place
-        pieces, count = connected_pieces(values < 0, structure=np.ones((3, 3, 3), dtype=bool))
-        if count < 2:
+        # the box around this class only, one point wider on each side: the zero level lies
+        # between a negative point and its neighbours
+        box = tuple(slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(first, last, strict=True))
+        region: tuple[slice | int, ...] = (*box, channel)
+        jobs.append((grid.values[region], min_fraction))
+        boxes.append((channel, box))
+    meshes, dropped = {}, {}
+    for (channel, box), result in zip(boxes, run_all(class_mesh, jobs), strict=True):
+        if result.pieces_dropped:
+            region = (*box, channel)
+            values = grid.values[region]  # a view: written in place
+            flat = np.unravel_index(result.stray, values.shape)
+            values[flat] = np.abs(values[flat]) + np.float32(1e-3)
+            dropped[channel + 1] = result.pieces_dropped
+        if not len(result.faces):
             continue
-        sizes = np.bincount(pieces.ravel())
-        sizes[0] = 0  # outside
-        small = sizes < min_fraction * sizes.max()
-        small[0] = False
-        if small.any():
-            stray = small[pieces]
-            values[stray] = np.abs(values[stray]) + np.float32(1e-3)
-            dropped[channel + 1] = int(small.sum())
-    if dropped:
-        del grid.negative_extent  # a cached property of the old values
-    return dropped
-
-
-def class_meshes(grid: SdfGrid, normalization: Normalization) -> dict[int, Surface]:
-    """One closed mesh per class whose SDF goes negative somewhere, in world millimetres.
-
-    The grid is padded with 'outside' so a surface touching its border still closes.
-    """
-    meshes = {}
-    for channel, first, last in _negative_boxes(grid):
-        # marching cubes on the box around this class only (one voxel wider on each side: the
-        # zero level lies between a negative point and its neighbours)
-        box = [slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(first, last, strict=True)]
-        values = grid.values[box[0], box[1], box[2], channel].astype(np.float32)
-        outside = max(float(values.max()), 1.0)
-        padded = np.pad(values, 1, constant_values=outside)
-        vertices, faces, _, _ = marching_cubes(padded, level=0.0)
         origin = np.array([b.start for b in box])
-        normalized = grid.low + (vertices - 1 + origin) * grid.spacing
-        surface = Surface(normalization.to_world(normalized), faces.astype(np.int32))
+        normalized = grid.low + (result.vertices + origin) * grid.spacing
+        surface = Surface(normalization.to_world(normalized), result.faces)
         if surface.enclosed_volume() < 0:
             surface.faces = np.ascontiguousarray(surface.faces[:, ::-1])
         meshes[channel + 1] = surface
-    return meshes
+    if dropped:
+        del grid.negative_extent  # a cached property of the old values
+    return meshes, dropped
 
 
 def label_volume(

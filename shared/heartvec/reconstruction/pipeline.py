@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
@@ -43,21 +44,24 @@ from heartvec.reconstruction import defaults
 from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid
-from heartvec.reconstruction.meshes import class_meshes, drop_stray_pieces, label_volume
+from heartvec.reconstruction.hostwork import Deferred, draw_preview, host_pool, preview_slices
+from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlaps, surface_distances
 from heartvec.reconstruction.refine import TARGETS as REFINE_TARGETS
-from heartvec.reconstruction.refine import refine_latents
+from heartvec.reconstruction.refine import refine_latents, start_targets
 from heartvec.resources import peak_memory_mb
 from heartvec.samples import sample_surfaces
 from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[str, float], None]
 """Called with (stage name, overall fraction done in [0, 1]) as each stage starts."""
 
 STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
-"""In order. The preview PNG is drawn on a thread from the start of 'write' to the end of
-'report' (their timings include waiting for it)."""
+"""In order. The preview PNG is drawn on a thread (or a host pool's process) from the start of
+'write' to the end of 'report' (their timings include waiting for it)."""
 GRID_MARGIN = 0.05  # normalized units of room around the input's surfaces
 
 
@@ -201,21 +205,34 @@ def reconstruct(
     out_dir = Path(out_dir)
     clock = _Clock(progress)
     rng = np.random.default_rng(settings.seed)
+    pool = host_pool()  # where there is one, its workers start while the volume loads
+    warm_start = ThreadPoolExecutor(1)  # on a GPU the model loads and warms up meanwhile too
+    model_loading = (
+        warm_start.submit(_load_and_warm_up, checkpoint, settings)
+        if not isinstance(checkpoint, LoadedModel) and torch.device(settings.device).type == "cuda"
+        else None
+    )
+    warm_start.shutdown(wait=False)
     with clock.stage("load"):
         volume = load_label_volume(source, label_table, ignore_unknown_labels)
         surfaces = class_surfaces(volume)
     with clock.stage("model"):
-        loaded = (
-            checkpoint
-            if isinstance(checkpoint, LoadedModel)
-            else load_model(checkpoint, settings.device)
-        )
+        if model_loading is not None:
+            loaded = model_loading.result()
+        elif isinstance(checkpoint, LoadedModel):
+            loaded = checkpoint
+        else:
+            loaded = load_model(checkpoint, settings.device)
         state, model, device = loaded.state, loaded.model, loaded.device
         _check_classes(state, volume, loaded.checkpoint)
         normalization = checkpoint_normalization(state, surfaces)
     dtype = autocast_dtype(settings.precision, device)
-    if device.type == "cuda":  # the CPU waits for the GPU: import the preview's matplotlib now
+    if device.type == "cuda" and pool is None:  # the CPU waits for the GPU: import the
+        # preview's matplotlib now (a pool's workers have it)
         threading.Thread(target=import_module, args=(_RENDER_MODULE,), daemon=True).start()
+    targets = None  # the refinement's exact distances: on the pool while the device encodes
+    if settings.refine_steps > 0:
+        targets = start_targets(volume, surfaces, normalization, (settings.seed, 1), pool)
 
     with clock.stage("encode"):
         points, labels = encoder_inputs(model, surfaces, normalization, rng)
@@ -237,6 +254,7 @@ def reconstruct(
                 settings.refine_lr,
                 settings.refine_target,
                 settings.refine_sign_weight,
+                targets=targets,
             )
     with clock.stage("decode"), decode_autocast(dtype, device):
         if context is None:
@@ -247,15 +265,18 @@ def reconstruct(
         )
     present = set(surfaces)
     with clock.stage("meshes"):
-        dropped = drop_stray_pieces(grid, settings.min_piece)
-        meshes = {c: m for c, m in class_meshes(grid, normalization).items() if c in present}
+        meshes, dropped = class_meshes(grid, normalization, settings.min_piece)
+        meshes = {c: m for c, m in meshes.items() if c in present}
     with clock.stage("labels"):
         classes = label_volume(grid, normalization, volume, device)
         classes[~np.isin(classes, list(present))] = 0
     with ThreadPoolExecutor(1) as preview_thread:  # matplotlib's drawing beside the rest
         out_dir.mkdir(parents=True, exist_ok=True)
-        preview = preview_thread.submit(
-            _render_preview, volume, classes, meshes, out_dir / "preview.png"
+        preview_args = (preview_slices(volume.classes, classes), meshes, out_dir / "preview.png")
+        preview: Deferred | Future[None] = (
+            Deferred(draw_preview, preview_args, pool)  # a process: no GIL shared
+            if pool is not None
+            else preview_thread.submit(draw_preview, *preview_args)
         )
         with clock.stage("write"):
             write_meshes(meshes, label_table, out_dir)
@@ -307,6 +328,31 @@ def reconstruct(
     return report
 
 
+def _load_and_warm_up(checkpoint: str | Path, settings: ReconstructSettings) -> LoadedModel:
+    """`load_model` on a GPU, then one small pass of the encoder and the decoder and the dense
+    grid's pinned host buffer, released to torch's cache: the first use of each costs a GPU
+    process 0.3-1 s (its CUDA context, libraries and kernels, page-locking 0.7 GB), and on a
+    thread of its own (torch's operations release the GIL) that overlaps loading the volume."""
+    loaded = load_model(checkpoint, settings.device)
+    model, device = loaded.model, loaded.device
+    count = model.config.num_inputs
+    try:
+        with torch.no_grad():
+            points = torch.zeros((1, count, 3), device=device)
+            labels = torch.ones((1, count), dtype=torch.long, device=device)
+            context = model.process(model.encode(points, labels))
+            with decode_autocast(autocast_dtype(settings.precision, device), device):
+                model.decode(context, torch.zeros((1, DENSE_CHUNK_GPU, 3), device=device))
+        if settings.resolution <= DENSE_GPU_MAX_RESOLUTION:
+            # the size of `decode_dense`'s buffer, which then comes from torch's cache
+            shape = (settings.resolution**3, model.config.num_classes)
+            torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        torch.cuda.synchronize(device)
+    except Exception as error:
+        log.warning("GPU warm-up failed: %s", error)
+    return loaded
+
+
 def _check_classes(state: dict[str, Any], volume: LabelVolume, checkpoint: Path) -> None:
     names = state["class_names"]
     present = np.flatnonzero(volume.class_present()) + 1
@@ -328,15 +374,6 @@ def checkpoint_normalization(state: dict[str, Any], surfaces: dict[int, Surface]
     return fitted_normalization(surfaces) if scale is None else fixed_normalization(surfaces, scale)
 
 
-def _render_preview(
-    volume: LabelVolume, classes: np.ndarray, meshes: dict[int, Surface], path: Path
-) -> None:
-    """`render.render_preview`, imported here, on the preview's thread: matplotlib's import
-    (0.5-0.7 s) then overlaps the files being written instead of delaying the start (and on a
-    GPU it was started on a thread of its own while the GPU encoded, refined and decoded)."""
-    import_module(_RENDER_MODULE).render_preview(volume, classes, meshes, path)
-
-
 _RENDER_MODULE = "heartvec.reconstruction.render"
 
 
@@ -356,6 +393,7 @@ def encoder_inputs(
     return torch.from_numpy(points)[None], torch.from_numpy(labels)[None]
 
 
+DENSE_CHUNK_GPU = 262_144  # grid points decoded at once on a GPU
 DENSE_GPU_MAX_RESOLUTION = 256
 """Largest grid decoded densely on a GPU (its query points alone are 0.4 GB at 256)."""
 
@@ -410,7 +448,7 @@ def decode_context(
     low, high = normalization.bounds(surfaces)
     centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
     context = context.detach()
-    chunk = 262_144 if device.type == "cuda" else 8_192
+    chunk = DENSE_CHUNK_GPU if device.type == "cuda" else 8_192
     if dense:
         values = decode_dense(model, context, centre - half, centre + half, resolution, chunk)
         return SdfGrid(values, centre - half, centre + half, resolution**3)

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.model.objectives import sign_loss
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import Normalization
 from heartvec.reconstruction import defaults
-from heartvec.samples import ABSENT_SDF, near_surface_points, sample_surfaces
+from heartvec.reconstruction.hostwork import Deferred, refinement_targets
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
@@ -38,33 +39,23 @@ POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to
 TARGETS = ("context", "latents")
 
 
-def _targets(
+TARGET_MARGIN = 0.05  # normalized units of room around the surfaces for the volume points
+
+
+def start_targets(
     volume: LabelVolume,
     surfaces: dict[int, Surface],
     normalization: Normalization,
-    low: np.ndarray,
-    high: np.ndarray,
-    rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """Surface points with classes, and near + volume points with exact per-class SDF."""
-    world, labels, _ = sample_surfaces(surfaces, 2 * POINTS, rng)
-    surface = normalization.to_normalized(world)
-    near = near_surface_points(surface, POINTS, (0.005, 0.05), rng)
-    box = rng.uniform(low, high, size=(POINTS, 3))
-    queries = np.concatenate([near, box])
-    order = spatial_order(queries)
-    world_queries = normalization.to_world(queries[order])
-    nearest_class = volume.class_at(world_queries)
-    sdf = np.full((len(queries), volume.label_table.num_classes), ABSENT_SDF, dtype=np.float32)
-    for class_index, class_surface in surfaces.items():
-        distance = signed_distance(
-            SurfaceDistance(class_surface),
-            world_queries,
-            nearest_class == class_index,
-            volume.half_voxel_diagonal_mm,
-        )
-        sdf[order, class_index - 1] = distance / normalization.scale
-    return {"surface": surface, "labels": labels, "queries": queries, "sdf": sdf}
+    seed: int | Sequence[int],
+    pool: ProcessPoolExecutor | None = None,
+) -> Deferred:
+    """The refinement's surface points with classes and near + volume points with exact
+    per-class SDF (`hostwork.refinement_targets`, POINTS of each kind), started on `pool` (the
+    pipeline's host pool: computed while the device encodes) or computed when asked for."""
+    low, high = normalization.bounds(surfaces)
+    room = TARGET_MARGIN
+    args = (volume, surfaces, normalization, low - room, high + room, POINTS, seed)
+    return Deferred(refinement_targets, args, pool)
 
 
 SIGN_TEMPERATURE = 0.1  # as training's `sign_temperature`, in target units
@@ -200,10 +191,12 @@ def refine_latents(
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT,
     points_per_step: int = defaults.REFINE_POINTS,
     final_lr: float = defaults.REFINE_FINAL_LR,
+    targets: Deferred | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on `target` ('context' or 'latents') for `steps` steps of `points_per_step` fit
     points each; `sign_weight` adds the sign term to the fit loss (`_loss`). The step size
     follows a cosine from `learning_rate` to `learning_rate * final_lr` (1: constant).
+    `targets`: the fit data (`start_targets`), else drawn with a seed from `rng`.
 
     Returns:
         (latents, context, record): the latent set (refined when `target` is 'latents', else
@@ -214,8 +207,9 @@ def refine_latents(
     if target not in TARGETS:
         raise ValueError(f"refinement target {target!r}: expected one of {TARGETS}")
     started = time.perf_counter()
-    low, high = normalization.bounds(surfaces)
-    numpy_data = _targets(volume, surfaces, normalization, low - 0.05, high + 0.05, rng)
+    if targets is None:
+        targets = start_targets(volume, surfaces, normalization, int(rng.integers(2**63)))
+    numpy_data = targets.result()
     device = latents.device
     fit, held_out = {}, {}
     for key, array in numpy_data.items():

@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
 from heartvec.reconstruction.export import class_colour
+from heartvec.reconstruction.hostwork import Slices, preview_slices
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
@@ -94,18 +95,16 @@ def render_preview(
     volume: LabelVolume, reconstructed: np.ndarray, meshes: dict[int, Surface], path: Path
 ) -> None:
     """Three slices through the heart's centre (input labels filled, reconstruction outlined)
-    and a shaded view of the class meshes (`render_meshes`), as one PNG.
+    and a shaded view of the class meshes (`render_meshes`), as one PNG."""
+    draw_preview(preview_slices(volume.classes, reconstructed), meshes, path)
 
-    A `Figure` of its own, outside pyplot's global state: the pipeline renders it on a thread
-    while it writes the files and computes the report."""
+
+def draw_preview(slices: Slices, meshes: dict[int, Surface], path: Path) -> None:
+    """`render_preview` from the slices (`preview_slices`): what the pipeline hands to its
+    preview's thread or process while it writes the files and computes the report. A `Figure`
+    of its own, outside pyplot's global state."""
     figure = Figure(figsize=(16, 4.4), constrained_layout=True)
     colours = ListedColormap(["white", *(f"C{i}" for i in range(10))])
-    centre = np.round(np.argwhere(volume.classes > 0).mean(axis=0)).astype(int)
-    slices = {
-        "axis 0": (volume.classes[centre[0]], reconstructed[centre[0]]),
-        "axis 1": (volume.classes[:, centre[1]], reconstructed[:, centre[1]]),
-        "axis 2": (volume.classes[:, :, centre[2]], reconstructed[:, :, centre[2]]),
-    }
     for position, (title, (truth, guess)) in enumerate(slices.items()):
         axes = figure.add_subplot(1, 4, position + 1)
         axes.imshow(truth.T, origin="lower", cmap=colours, vmin=0, vmax=10, alpha=0.6)
