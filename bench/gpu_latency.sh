@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU reconstruction latency on a lent machine, in one call: `bench/reconstruct.py --latency-only`
 # (separate `heartvec reconstruct` processes, and band vs dense decoding) and
-# `bench/profile_reconstruct.py` (in one process: cold, then with the model kept loaded, under
-# cProfile; with the host pool and without). What it keeps goes to $OUT: the log, and results.tar.gz with the latency JSON,
+# `bench/profile_reconstruct.py` (in one process: cold, then as a worker with the model and the
+# host pool kept; refinement as a CUDA graph and eagerly; with the pool and without; cProfile). What it keeps goes to $OUT: the log, and results.tar.gz with the latency JSON,
 # BENCHMARKS.md as the benchmark rewrote it and the profiles.
 #
 #   OUT=/tmp/gpu-out bash bench/gpu_latency.sh
@@ -34,8 +34,13 @@ started=$SECONDS
 python3 bench/reconstruct.py --device "$DEVICE" --latency-only --repeats "$REPEATS"
 cp bench/results/reconstruct_latency_"${DEVICE%%:*}".json BENCHMARKS.md "$OUT/keep/"
 echo "latency benchmark: $((SECONDS - started)) s"
-python3 bench/profile_reconstruct.py --device "$DEVICE" --out "$OUT/keep/profile" --runs 2
-HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 \
-  --out "$OUT/keep/profile-no-pool"
+# in one process: cold, then as a worker (model and host pool kept); the refinement's steps as
+# a CUDA graph and eagerly; with the host pool and without
+python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile --runs 4 --out "$OUT/keep/warm"
+python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile --runs 3 \
+  --refine-step-mode eager --out "$OUT/keep/warm-eager"
+HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile \
+  --runs 3 --out "$OUT/keep/warm-no-pool"
+python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 --out "$OUT/keep/profile"
 tar -C "$OUT/keep" -czf "$OUT/results.tar.gz" . && rm -rf "$OUT/keep"
 echo "done in $((SECONDS - started)) s"

@@ -1,8 +1,8 @@
 """Where one reconstruction's time goes: `reconstruct(...)` run in one process on phantom 5000
 (256^3 at 1 mm) with default settings, first with the checkpoint file (the first run pays the
 device's start-up, as `heartvec reconstruct` does) and then again with the model kept loaded
-(as a worker does), each under cProfile. Prints the stage timings and writes the profiles'
-top functions by cumulative and by own time.
+and a host pool (as a worker does), each under cProfile (unless --no-profile). Prints the
+stage timings and writes the profiles' top functions by cumulative and by own time.
 
 Usage: .venv/bin/python bench/profile_reconstruct.py --device cuda --out DIR [--runs 2]
        [--resolution 256] [--refine-steps N]
@@ -27,6 +27,7 @@ def main() -> int:
     from heartvec.labels import load_label_table
     from heartvec.phantom import make_phantom
     from heartvec.reconstruction import defaults
+    from heartvec.reconstruction.hostwork import host_pool, wait_for_host_pool
     from heartvec.reconstruction.pipeline import ReconstructSettings, load_model, reconstruct
     from heartvec.settings import default_checkpoint
 
@@ -38,12 +39,15 @@ def main() -> int:
     parser.add_argument("--resolution", type=int, default=defaults.RESOLUTION)
     parser.add_argument("--refine-steps", type=int, default=defaults.REFINE_STEPS)
     parser.add_argument("--top", type=int, default=45, help="functions listed per profile")
+    parser.add_argument("--no-profile", action="store_true", help="timings only, no cProfile")
+    parser.add_argument("--refine-step-mode", default="auto", help="eager, tensor, graph, auto")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or default_checkpoint()
     settings = ReconstructSettings(
-        device=args.device, resolution=args.resolution, refine_steps=args.refine_steps
-    )
+        device=args.device, resolution=args.resolution, refine_steps=args.refine_steps,
+        refine_step_mode=args.refine_step_mode,
+    )  # fmt: skip
     table = load_label_table("default")
     summary = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -54,19 +58,22 @@ def main() -> int:
         for run in range(args.runs):
             profile = cProfile.Profile()
             started = time.perf_counter()
-            profile.enable()
+            if not args.no_profile:
+                profile.enable()
             report = reconstruct(
                 source, Path(scratch) / f"out_{run}", table,
                 loaded if loaded is not None else checkpoint, settings,
             )  # fmt: skip
             profile.disable()
             wall = time.perf_counter() - started
-            if loaded is None:
+            if loaded is None:  # the later runs as a worker's: model and host pool kept
                 loaded = load_model(checkpoint, args.device)
+                host_pool()
+                wait_for_host_pool()
             summary.append({"run": run, "wall_s": round(wall, 3), **report["timings"],
                             "mean_dice": report["summary"]["mean_dice"]})  # fmt: skip
             print(json.dumps(summary[-1]), flush=True)
-            for key in ("cumulative", "tottime"):
+            for key in () if args.no_profile else ("cumulative", "tottime"):
                 text = io.StringIO()
                 pstats.Stats(profile, stream=text).sort_stats(key).print_stats(args.top)
                 (args.out / f"profile_run{run}_{key}.txt").write_text(text.getvalue())

@@ -322,17 +322,19 @@ def test_host_pool_gives_the_inline_result(
     outputs are those of the inline run, byte for byte; a pool that was shut down under a job
     leaves it to run inline."""
     from heartvec.reconstruction import hostwork
+    from heartvec.reconstruction.pipeline import load_model
 
     phantom, checkpoint = trained
     table = load_label_table("default")
     settings = ReconstructSettings(resolution=48, refine_steps=10, min_piece=0.05)
+    model = load_model(checkpoint)  # a kept model: the pipeline takes the pool where there is one
     reports = {}
     for workers in ("0", "2"):
         monkeypatch.setenv(hostwork.WORKERS_VARIABLE, workers)
         try:
             pool = hostwork.host_pool()
             assert (pool is None) == (workers == "0")
-            reports[workers] = reconstruct(phantom, tmp_path / workers, table, checkpoint, settings)
+            reports[workers] = reconstruct(phantom, tmp_path / workers, table, model, settings)
         finally:
             hostwork.shutdown_host_pool()
     inline, pooled = reports["0"], reports["2"]
@@ -357,3 +359,54 @@ def test_host_pool_gives_the_inline_result(
     hostwork.shutdown_host_pool()
     monkeypatch.setenv(hostwork.WORKERS_VARIABLE, "two")
     assert hostwork.host_workers() == 0
+
+
+@pytest.mark.parametrize("target", ["context", "latents"])
+def test_refinement_steps_on_device_tensors_are_the_eager_steps(
+    trained: tuple[Path, Path], target: str
+) -> None:
+    """The step whose state lives on the device (what a GPU captures as a CUDA graph and
+    replays) takes the eager loop's steps: the same draws, Adam update and step sizes (a cosine
+    here), so the same refined tensor and losses, up to float rounding."""
+    from heartvec.reconstruction.hostwork import refinement_targets
+    from heartvec.reconstruction.pipeline import (
+        checkpoint_normalization,
+        encoder_inputs,
+        load_model,
+    )
+    from heartvec.reconstruction.refine import POINTS, refine_latents
+    from heartvec.surfaces import class_surfaces
+    from heartvec.volume import load_label_volume
+
+    phantom, checkpoint = trained
+    loaded = load_model(checkpoint)
+    volume = load_label_volume(phantom, load_label_table("default"))
+    surfaces = class_surfaces(volume)
+    normalization = checkpoint_normalization(loaded.state, surfaces)
+    points, labels = encoder_inputs(loaded.model, surfaces, normalization, np.random.default_rng(0))
+    with torch.no_grad():
+        latents = loaded.model.encode(points, labels)
+    low, high = normalization.bounds(surfaces)
+    data = refinement_targets(volume, surfaces, normalization, low, high, POINTS // 4, 7)
+
+    class Ready:
+        def result(self) -> dict[str, np.ndarray]:
+            return data
+
+    results = {}
+    for mode in ("eager", "tensor"):
+        results[mode] = refine_latents(
+            loaded.model, latents, volume, surfaces, normalization, 12, 0.1,
+            np.random.default_rng(1), LEARNING_RATES[target], target, final_lr=0.2,
+            targets=Ready(), step_mode=mode,  # type: ignore[arg-type]
+        )  # fmt: skip
+    (eager_latents, eager_context, eager), (latents_t, context_t, tensor) = results.values()
+    assert eager["step_mode"] == "eager" and tensor["step_mode"] == "tensor"
+    torch.testing.assert_close(context_t, eager_context, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(latents_t, eager_latents, rtol=1e-4, atol=1e-5)
+    assert tensor["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-5)
+    assert tensor["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-4)
+    assert eager["loss_last"] < eager["loss_first"]
+    refined = eager_context if target == "context" else eager_latents
+    unrefined = loaded.model.process(latents) if target == "context" else latents
+    assert (refined - unrefined).abs().max() > 1e-3

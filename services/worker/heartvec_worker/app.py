@@ -28,6 +28,7 @@ from heartvec.jobs.runner import JobLimits, resolve_device, run_job
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import JobStore
 from heartvec.logs import configure_logging, current_job
+from heartvec.reconstruction.hostwork import host_pool
 from heartvec.reconstruction.pipeline import LoadedModel, load_model
 from heartvec.settings import Settings
 
@@ -54,6 +55,7 @@ class _Process:
             device = resolve_device(settings.device)
             self.model = load_model(settings.checkpoint, device)
             log.info("model %s loaded on %s", settings.checkpoint.name, device)
+            host_pool()  # on a host of many cores its workers start now, before the first job
         return self.store, self.storage, self.model
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from heartvec.jobs.runner import JobLimits, run_job
 from heartvec.jobs.storage import Storage
 from heartvec.jobs.store import JobStore
+from heartvec.reconstruction.hostwork import host_pool
 from heartvec.reconstruction.pipeline import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class EmbeddedWorker(threading.Thread):
 
     def run(self) -> None:
         model = self.load_model()
+        host_pool()  # on a host of many cores its workers start now, before the first job
         while (job_id := self.jobs.get()) != _STOP:
             try:
                 run_job(job_id, self.store, self.storage, model, "embedded", self.limits)

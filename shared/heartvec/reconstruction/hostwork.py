@@ -5,9 +5,12 @@ On a GPU machine the reconstruction's own arithmetic takes a second or two; marc
 dropping stray pieces, the refinement's exact distances and the preview's drawing took as long
 again on one core each (BENCHMARKS.md, "GPU"), because numpy/skimage/matplotlib hold the GIL
 and threads do not spread them. A pool of spawned processes (`host_pool`) runs them a class
-per process and overlaps the refinement's targets with encoding. Without a pool (few cores, a
-daemonic process, `HEARTVEC_HOST_WORKERS=0`) the same functions run inline with the same
-results. This module imports no torch, so a worker starts in a fraction of a second.
+per process and overlaps the refinement's targets with encoding. A process that keeps its
+model (the worker, the embedded service) starts one; a one-volume run does not (spawning ten
+workers on the lent GPU machine slowed its loading by ~0.9 s, more than they saved). Without a
+pool (a one-volume run, fewer than MIN_CORES cores, a daemonic process,
+`HEARTVEC_HOST_WORKERS=0`) the same functions run inline with the same results. This module
+imports no torch, so a worker starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ MAX_WORKERS = 10  # a class each
 WORKERS_VARIABLE = "HEARTVEC_HOST_WORKERS"
 
 _pool: ProcessPoolExecutor | None = None
+_pool_failed = False  # once: a process that may not have children stays without
+_warm_ups: list[Future[None]] = []
 _pool_lock = threading.Lock()
 
 
@@ -69,19 +74,30 @@ def _warm_up() -> None:
 
 def host_pool() -> ProcessPoolExecutor | None:
     """The process's pool, started on first use (its workers spawn and import at once, in the
-    background), or None where there is none (`host_workers` is 0, or this process is
-    daemonic and may not have children)."""
-    global _pool
+    background), or None where there is none (`host_workers` is 0, or this process may not
+    have children: a daemonic one, say)."""
+    global _pool, _pool_failed
     workers = host_workers()
-    if workers == 0 or multiprocessing.current_process().daemon:
+    if workers == 0 or _pool_failed or multiprocessing.current_process().daemon:
         return None
     with _pool_lock:
         if _pool is None:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            for _ in range(workers):  # a spawning pool starts a worker per waiting task
-                pool.submit(_warm_up)
+            try:
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                # a spawning pool starts a worker per task that finds none idle
+                _warm_ups[:] = [pool.submit(_warm_up) for _ in range(workers)]
+            except Exception as error:  # e.g. "daemonic processes are not allowed to have children"
+                log.warning("no host pool (%s): running inline", error)
+                _pool_failed = True
+                return None
             _pool = pool
         return _pool
+
+
+def wait_for_host_pool(timeout: float = 60.0) -> None:
+    """Wait until the pool's workers have started and imported what the jobs use."""
+    for future in list(_warm_ups):
+        future.result(timeout=timeout)
 
 
 def shutdown_host_pool() -> None:
@@ -128,10 +144,13 @@ class Deferred:
         return self.function(*self.args)
 
 
-def run_all(function: Callable[..., T], jobs: Sequence[tuple[Any, ...]]) -> list[T]:
-    """`function(*job)` for every job: on the host pool when there is one, else inline, in
+def run_all(
+    function: Callable[..., T],
+    jobs: Sequence[tuple[Any, ...]],
+    pool: ProcessPoolExecutor | None = None,
+) -> list[T]:
+    """`function(*job)` for every job: on `pool` (a `host_pool`) if given, else inline, in
     order."""
-    pool = host_pool()
     deferred = [Deferred(function, job, pool) for job in jobs]
     return [d.result() for d in deferred]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -32,12 +32,15 @@ def _negative_boxes(grid: SdfGrid) -> list[tuple[int, np.ndarray, np.ndarray]]:
 
 
 def class_meshes(
-    grid: SdfGrid, normalization: Normalization, min_fraction: float = 0.0
+    grid: SdfGrid,
+    normalization: Normalization,
+    min_fraction: float = 0.0,
+    pool: ProcessPoolExecutor | None = None,
 ) -> tuple[dict[int, Surface], dict[int, int]]:
     """One closed mesh per class whose SDF goes negative somewhere, in world millimetres, after
     dropping each class's stray pieces; returns (meshes, {class index: pieces dropped} for the
-    classes that lost any). A class per process of the host pool where there is one
-    (`hostwork.class_mesh`; marching cubes and the labelling hold the GIL), else one by one.
+    classes that lost any). A class per process of `pool` if given (`hostwork.host_pool`;
+    marching cubes and the labelling hold the GIL: `hostwork.class_mesh`), else one by one.
 
     Stray pieces: those of a class's inside (26-connected negative grid points) smaller than
     `min_fraction` of its largest piece; their points are set a small distance above zero in
@@ -57,7 +60,7 @@ def class_meshes(
         jobs.append((grid.values[region], min_fraction))
         boxes.append((channel, box))
     meshes, dropped = {}, {}
-    for (channel, box), result in zip(boxes, run_all(class_mesh, jobs), strict=True):
+    for (channel, box), result in zip(boxes, run_all(class_mesh, jobs, pool), strict=True):
         if result.pieces_dropped:
             region = (*box, channel)
             values = grid.values[region]  # a view: written in place

@@ -78,11 +78,13 @@ class ReconstructSettings:
     seed: seeds the surface sampling.
     min_piece: pieces of a class's decoded inside smaller than this fraction of its largest
         piece are dropped (stray pieces where the field dips below zero far from the class;
-        `drop_stray_pieces`); 0 keeps every piece.
+        `class_meshes`); 0 keeps every piece.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
         instructions, fp32 elsewhere), 'fp32' or 'bf16'. Encoding and refinement stay fp32:
         refinement in bf16 lost 0.02 mean Dice on unseen phantoms, bf16 decoding nothing
         measurable, at 1.8x the decoding speed on an AVX512-BF16 CPU (BENCHMARKS.md).
+    refine_step_mode: how the refinement's steps run (`refine_latents`' `step_mode`; 'auto':
+        replayed as a CUDA graph on a GPU).
     """
 
     resolution: int = defaults.RESOLUTION
@@ -94,6 +96,7 @@ class ReconstructSettings:
     seed: int = 0
     precision: str = "auto"
     min_piece: float = defaults.MIN_PIECE
+    refine_step_mode: str = "auto"
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_piece < 1:  # also NaN
@@ -205,24 +208,18 @@ def reconstruct(
     out_dir = Path(out_dir)
     clock = _Clock(progress)
     rng = np.random.default_rng(settings.seed)
-    pool = host_pool()  # where there is one, its workers start while the volume loads
-    warm_start = ThreadPoolExecutor(1)  # on a GPU the model loads and warms up meanwhile too
-    model_loading = (
-        warm_start.submit(_load_and_warm_up, checkpoint, settings)
-        if not isinstance(checkpoint, LoadedModel) and torch.device(settings.device).type == "cuda"
-        else None
-    )
-    warm_start.shutdown(wait=False)
+    # a process that keeps its model keeps a host pool too (started by its first volume); for
+    # one volume, spawning the workers cost more than they saved (BENCHMARKS.md, "GPU")
+    pool = host_pool() if isinstance(checkpoint, LoadedModel) else None
     with clock.stage("load"):
         volume = load_label_volume(source, label_table, ignore_unknown_labels)
         surfaces = class_surfaces(volume)
     with clock.stage("model"):
-        if model_loading is not None:
-            loaded = model_loading.result()
-        elif isinstance(checkpoint, LoadedModel):
-            loaded = checkpoint
-        else:
-            loaded = load_model(checkpoint, settings.device)
+        loaded = (
+            checkpoint
+            if isinstance(checkpoint, LoadedModel)
+            else load_model(checkpoint, settings.device)
+        )
         state, model, device = loaded.state, loaded.model, loaded.device
         _check_classes(state, volume, loaded.checkpoint)
         normalization = checkpoint_normalization(state, surfaces)
@@ -255,6 +252,7 @@ def reconstruct(
                 settings.refine_target,
                 settings.refine_sign_weight,
                 targets=targets,
+                step_mode=settings.refine_step_mode,
             )
     with clock.stage("decode"), decode_autocast(dtype, device):
         if context is None:
@@ -265,7 +263,7 @@ def reconstruct(
         )
     present = set(surfaces)
     with clock.stage("meshes"):
-        meshes, dropped = class_meshes(grid, normalization, settings.min_piece)
+        meshes, dropped = class_meshes(grid, normalization, settings.min_piece, pool)
         meshes = {c: m for c, m in meshes.items() if c in present}
     with clock.stage("labels"):
         classes = label_volume(grid, normalization, volume, device)
@@ -326,31 +324,6 @@ def reconstruct(
     if progress is not None:
         progress("done", 1.0)
     return report
-
-
-def _load_and_warm_up(checkpoint: str | Path, settings: ReconstructSettings) -> LoadedModel:
-    """`load_model` on a GPU, then one small pass of the encoder and the decoder and the dense
-    grid's pinned host buffer, released to torch's cache: the first use of each costs a GPU
-    process 0.3-1 s (its CUDA context, libraries and kernels, page-locking 0.7 GB), and on a
-    thread of its own (torch's operations release the GIL) that overlaps loading the volume."""
-    loaded = load_model(checkpoint, settings.device)
-    model, device = loaded.model, loaded.device
-    count = model.config.num_inputs
-    try:
-        with torch.no_grad():
-            points = torch.zeros((1, count, 3), device=device)
-            labels = torch.ones((1, count), dtype=torch.long, device=device)
-            context = model.process(model.encode(points, labels))
-            with decode_autocast(autocast_dtype(settings.precision, device), device):
-                model.decode(context, torch.zeros((1, DENSE_CHUNK_GPU, 3), device=device))
-        if settings.resolution <= DENSE_GPU_MAX_RESOLUTION:
-            # the size of `decode_dense`'s buffer, which then comes from torch's cache
-            shape = (settings.resolution**3, model.config.num_classes)
-            torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        torch.cuda.synchronize(device)
-    except Exception as error:
-        log.warning("GPU warm-up failed: %s", error)
-    return loaded
 
 
 def _check_classes(state: dict[str, Any], volume: LabelVolume, checkpoint: Path) -> None:

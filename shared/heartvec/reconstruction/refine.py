@@ -18,6 +18,7 @@ weights 1 / 3 / 10 / 30 / 100 / 300.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from heartvec.reconstruction import defaults
 from heartvec.reconstruction.hostwork import Deferred, refinement_targets
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
+
+log = logging.getLogger(__name__)
 
 POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
 TARGETS = ("context", "latents")
@@ -127,11 +130,18 @@ def _minibatch(
 ) -> tuple[dict[str, torch.Tensor], Prepared]:
     """Step `step`'s fit points (`_minibatch_indices`), and their rows of `prepared` (the
     decoder's preparation of all fit points, surface then queries)."""
+    return _minibatch_rows(fit, {kind: rows[step] for kind, rows in indices.items()}, prepared)
+
+
+def _minibatch_rows(
+    fit: dict[str, torch.Tensor], drawn_rows: dict[str, torch.Tensor], prepared: Prepared
+) -> tuple[dict[str, torch.Tensor], Prepared]:
+    """The fit points of the given surface and query rows, and their rows of `prepared`."""
     drawn = {}
     for kind, keys in (("surface", ("surface", "labels")), ("queries", ("queries", "sdf"))):
         for key in keys:
-            drawn[key] = fit[key][:, indices[kind][step]]
-    rows = torch.cat([indices["surface"][step], indices["queries"][step] + fit["surface"].shape[1]])
+            drawn[key] = fit[key][:, drawn_rows[kind]]
+    rows = torch.cat([drawn_rows["surface"], drawn_rows["queries"] + fit["surface"].shape[1]])
     embedded, query = prepared
     return drawn, (embedded[:, rows], query[:, :, rows])
 
@@ -169,6 +179,102 @@ class Adam:
         self.parameter.grad = None
 
 
+STEP_MODES = ("auto", "eager", "tensor", "graph")
+
+
+class _TensorSteps:
+    """The refinement's steps with all their state on the device: the step number, the step
+    sizes and Adam's bias corrections are tensors the step reads, so one step can be captured
+    as a CUDA graph and replayed (mode 'graph': a step is ~150 small kernels, and launching
+    them one by one from Python cost 3-4 ms a step on an H200, most of the refinement's time),
+    or run as it is (mode 'tensor', any device: what the tests compare with the eager loop).
+    The same update as `Adam`, and the same draws (`_minibatch_indices`)."""
+
+    def __init__(
+        self,
+        model: VecSetAutoencoder,
+        free: torch.Tensor,
+        target: str,
+        fit: dict[str, torch.Tensor],
+        indices: dict[str, torch.Tensor],
+        prepared: Prepared,
+        truncation: float | None,
+        sign_weight: float,
+        optimizer: Adam,
+        step_sizes: list[float],
+    ) -> None:
+        device = free.device
+        self.model, self.free, self.target = model, free, target
+        self.fit, self.indices, self.prepared = fit, indices, prepared
+        self.truncation, self.sign_weight, self.optimizer = truncation, sign_weight, optimizer
+        beta1, beta2 = optimizer.betas
+        steps = len(step_sizes)
+        numbers = torch.arange(1, steps + 1, dtype=torch.float64)
+        self.step_sizes = torch.tensor(step_sizes, dtype=torch.float64, device=device)
+        self.corrections = (
+            (1 - beta1**numbers).to(device),  # Adam's bias corrections, per step
+            (1 - beta2**numbers).sqrt().to(device),
+        )
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.losses = torch.zeros(steps, device=device)
+
+    def run_one(self) -> None:
+        """One step (what a graph captures): loss, backward, Adam, the step number + 1."""
+        rows = {kind: self.indices[kind].index_select(0, self.step)[0] for kind in self.indices}
+        current = self.model.process(self.free) if self.target == "latents" else self.free
+        data, prepared = _minibatch_rows(self.fit, rows, self.prepared)
+        loss, _ = _loss(self.model, current, data, self.truncation, self.sign_weight, prepared)
+        loss.backward()
+        with torch.no_grad():
+            gradient = self.free.grad
+            assert gradient is not None
+            beta1, beta2 = self.optimizer.betas
+            mean, square = self.optimizer.mean, self.optimizer.square
+            mean.lerp_(gradient, 1 - beta1)
+            square.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+            first = self.corrections[0].index_select(0, self.step)
+            second = self.corrections[1].index_select(0, self.step)
+            size = self.step_sizes.index_select(0, self.step)
+            denominator = (square.sqrt() / second.float()).add_(self.optimizer.eps)
+            self.free.sub_(mean / denominator * (size / first).float())
+            self.losses.index_copy_(0, self.step, loss.detach().float().reshape(1))
+            self.step.add_(1)
+
+    def run(self, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """All the steps; returns the first and the last step's loss."""
+        steps = len(self.losses)
+        if mode == "graph":
+            self._capture_and_replay(steps)
+        else:
+            for _ in range(steps):
+                self.free.grad = None
+                self.run_one()
+        self.free.grad = None
+        return self.losses[0], self.losses[steps - 1]
+
+    def _capture_and_replay(self, steps: int) -> None:
+        device = self.free.device
+        saved = self.free.detach().clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up steps before capturing, as CUDA graphs need
+            for _ in range(3):
+                self.free.grad = None
+                self.run_one()
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.no_grad():  # undo them
+            self.free.copy_(saved)
+            self.optimizer.mean.zero_()
+            self.optimizer.square.zero_()
+            self.step.zero_()
+        self.free.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.run_one()
+        for _ in range(steps):
+            graph.replay()
+
+
 def cosine_factor(step: int, steps: int, final: float) -> float:
     """The step size of step `step` of `steps` as a fraction of the first: a cosine from 1 down
     to `final` at the last step."""
@@ -192,11 +298,15 @@ def refine_latents(
     points_per_step: int = defaults.REFINE_POINTS,
     final_lr: float = defaults.REFINE_FINAL_LR,
     targets: Deferred | None = None,
+    step_mode: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on `target` ('context' or 'latents') for `steps` steps of `points_per_step` fit
     points each; `sign_weight` adds the sign term to the fit loss (`_loss`). The step size
     follows a cosine from `learning_rate` to `learning_rate * final_lr` (1: constant).
     `targets`: the fit data (`start_targets`), else drawn with a seed from `rng`.
+    `step_mode`: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph' (`_TensorSteps`;
+    'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'. A graph that cannot be
+    captured falls back to 'eager' with a warning.
 
     Returns:
         (latents, context, record): the latent set (refined when `target` is 'latents', else
@@ -206,6 +316,10 @@ def refine_latents(
     """
     if target not in TARGETS:
         raise ValueError(f"refinement target {target!r}: expected one of {TARGETS}")
+    if step_mode not in STEP_MODES:
+        raise ValueError(f"refinement step mode {step_mode!r}: expected one of {STEP_MODES}")
+    if step_mode == "auto":
+        step_mode = "graph" if latents.device.type == "cuda" else "eager"
     started = time.perf_counter()
     if targets is None:
         targets = start_targets(volume, surfaces, normalization, int(rng.integers(2**63)))
@@ -244,16 +358,33 @@ def refine_latents(
     indices = _minibatch_indices(fit, generator, points_per_step, steps)
     with torch.no_grad():  # the fit points' embedding and attention queries, once
         prepared = model.prepare_queries(torch.cat([fit["surface"], fit["queries"]], dim=1))
-    for step in range(steps):  # nothing here waits for the device
-        optimizer.lr = learning_rate * cosine_factor(step, steps, final_lr)
-        current = model.process(free) if target == "latents" else free
-        data, step_prepared = _minibatch(fit, indices, step, prepared)
-        loss, _ = _loss(model, current, data, truncation, sign_weight, step_prepared)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        last_loss = loss.detach()
-        first_loss = last_loss if first_loss is None else first_loss
+    step_sizes = [learning_rate * cosine_factor(step, steps, final_lr) for step in range(steps)]
+    if step_mode != "eager" and steps > 0:
+        saved = free.detach().clone()
+        tensor_steps = _TensorSteps(
+            model, free, target, fit, indices, prepared, truncation, sign_weight, optimizer,
+            step_sizes,
+        )  # fmt: skip
+        try:
+            first_loss, last_loss = tensor_steps.run(step_mode)
+        except RuntimeError as error:  # a graph that could not be captured
+            log.warning("refinement in %s mode failed (%s): eager steps instead", step_mode, error)
+            with torch.no_grad():
+                free.copy_(saved)
+            free.grad = None
+            optimizer = Adam(free, lr=learning_rate)
+            step_mode = "eager"
+    if step_mode == "eager":
+        for step in range(steps):  # nothing here waits for the device
+            optimizer.lr = step_sizes[step]
+            current = model.process(free) if target == "latents" else free
+            data, step_prepared = _minibatch(fit, indices, step, prepared)
+            loss, _ = _loss(model, current, data, truncation, sign_weight, step_prepared)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            last_loss = loss.detach()
+            first_loss = last_loss if first_loss is None else first_loss
     free = free.detach()
     if target == "latents":
         latents = free
@@ -272,6 +403,7 @@ def refine_latents(
             "sign_weight": sign_weight,
             "points_per_step": points_per_step,
             "final_lr": final_lr,
+            "step_mode": step_mode,
             "loss_first": first_loss.item() if first_loss is not None else None,
             "loss_last": last_loss.item() if last_loss is not None else None,
             "held_out_iou_before": before,
