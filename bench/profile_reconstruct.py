@@ -70,8 +70,10 @@ def main() -> int:
                 loaded = load_model(checkpoint, args.device)
                 host_pool()
                 wait_for_host_pool()
+            mode = (report["refinement"] or {}).get("step_mode")
+            dice = report["summary"]["mean_dice"]
             summary.append({"run": run, "wall_s": round(wall, 3), **report["timings"],
-                            "mean_dice": report["summary"]["mean_dice"]})  # fmt: skip
+                            "mean_dice": dice, "step_mode": mode})  # fmt: skip
             print(json.dumps(summary[-1]), flush=True)
             for key in () if args.no_profile else ("cumulative", "tottime"):
                 text = io.StringIO()
