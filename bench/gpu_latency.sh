@@ -14,7 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:?set OUT to a folder for the results}
 DEVICE=${DEVICE:-cuda}
-REPEATS=${REPEATS:-3}
+REPEATS=${REPEATS:-3}  # heartvec reconstruct processes
+# VARIANTS=1: also the worker's runs with eager refinement steps and without the host pool
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/keep"
 if [ -d .whl ] && ! python3 -c "import heartvec" 2>/dev/null; then
@@ -37,10 +38,12 @@ echo "latency benchmark: $((SECONDS - started)) s"
 # in one process: cold, then as a worker (model and host pool kept); the refinement's steps as
 # a CUDA graph and eagerly; with the host pool and without
 python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile --runs 4 --out "$OUT/keep/warm"
-python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile --runs 3 \
-  --refine-step-mode eager --out "$OUT/keep/warm-eager"
-HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile \
-  --runs 3 --out "$OUT/keep/warm-no-pool"
+if [ "${VARIANTS:-0}" = 1 ]; then
+  python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile --runs 3 \
+    --refine-step-mode eager --out "$OUT/keep/warm-eager"
+  HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile \
+    --runs 3 --out "$OUT/keep/warm-no-pool"
+fi
 python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 --out "$OUT/keep/profile"
 tar -C "$OUT/keep" -czf "$OUT/results.tar.gz" . && rm -rf "$OUT/keep"
 echo "done in $((SECONDS - started)) s"

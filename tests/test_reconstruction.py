@@ -292,7 +292,7 @@ def test_dense_decoding_on_the_device_gives_the_grids_values() -> None:
     chunk size."""
     from heartvec.model.config import MODEL_PRESETS
     from heartvec.model.vecset import VecSetAutoencoder
-    from heartvec.reconstruction.grid import decode_grid
+    from heartvec.reconstruction.grid import decode_grid, negative_extent
     from heartvec.reconstruction.pipeline import decode_dense
 
     torch.manual_seed(0)
@@ -309,9 +309,16 @@ def test_dense_decoding_on_the_device_gives_the_grids_values() -> None:
     for chunk in (1000, 21**3):
         values = decode_dense(model, context, low, high, 21, chunk)
         assert values.shape == (21, 21, 21, model.config.num_classes)
-        assert values.dtype == np.float32
-        np.testing.assert_allclose(values, reference, atol=1e-5)
+        assert values.dtype == torch.float32
+        np.testing.assert_allclose(values.numpy(), reference, atol=1e-5)
     assert np.ptp(reference) > 0.01  # a field that varies, so the order is tested
+    # each class's extent along each axis, as the GPU path computes it where the values are
+    shifted = torch.from_numpy(reference - np.quantile(reference, 0.01, axis=(0, 1, 2)))
+    extent = negative_extent(shifted)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        np.testing.assert_array_equal(extent[axis], (shifted.numpy() < 0).any(axis=other))
+    assert 0 < extent[0].sum() < extent[0].size
 
 
 def test_host_pool_gives_the_inline_result(
@@ -368,7 +375,7 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
     """The step whose state lives on the device (what a GPU captures as a CUDA graph and
     replays) takes the eager loop's steps: the same draws, Adam update and step sizes (a cosine
     here), so the same refined tensor and losses, up to float rounding."""
-    from heartvec.reconstruction.hostwork import refinement_targets
+    from heartvec.reconstruction.hostwork import RefinementTargets
     from heartvec.reconstruction.pipeline import (
         checkpoint_normalization,
         encoder_inputs,
@@ -387,18 +394,14 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
     with torch.no_grad():
         latents = loaded.model.encode(points, labels)
     low, high = normalization.bounds(surfaces)
-    data = refinement_targets(volume, surfaces, normalization, low, high, POINTS // 4, 7)
-
-    class Ready:
-        def result(self) -> dict[str, np.ndarray]:
-            return data
+    targets = RefinementTargets(volume, surfaces, normalization, low, high, POINTS // 4, 7)
 
     results = {}
     for mode in ("eager", "tensor"):
         results[mode] = refine_latents(
             loaded.model, latents, volume, surfaces, normalization, 12, 0.1,
             np.random.default_rng(1), LEARNING_RATES[target], target, final_lr=0.2,
-            targets=Ready(), step_mode=mode,  # type: ignore[arg-type]
+            targets=targets, step_mode=mode,
         )  # fmt: skip
     (eager_latents, eager_context, eager), (latents_t, context_t, tensor) = results.values()
     assert eager["step_mode"] == "eager" and tensor["step_mode"] == "tensor"

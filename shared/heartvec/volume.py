@@ -75,7 +75,15 @@ class LabelVolume:
         )
 
     def class_present(self) -> np.ndarray:
-        """bool (C,): which classes have at least one voxel."""
+        """bool (C,): which classes have at least one voxel (from `label_counts` where the
+        file's were counted, else from the classes themselves)."""
+        if self.label_counts:
+            present = np.zeros(self.label_table.num_classes, dtype=bool)
+            for value, count in self.label_counts.items():
+                class_index = self.label_table.class_of_value.get(value, 0)
+                if class_index and count:
+                    present[class_index - 1] = True
+            return present
         counts = np.bincount(self.classes.ravel(), minlength=self.label_table.num_classes + 1)
         return np.asarray(counts[1:] > 0)
 

@@ -154,11 +154,11 @@ def write_label_volume(
     when every value fits, else int16.
 
     One lookup-table pass (a pass per class took 1-2 s at 256^3 on a 2-core CPU); uint8 halves
-    what gzip compresses."""
-    present = np.flatnonzero(np.bincount(classes.ravel(), minlength=1))
-    lookup = np.zeros(int(present.max()) + 1, dtype=np.int64)
-    for class_index in present[present > 0]:
-        lookup[class_index] = table.value_of_class(int(class_index))
+    what gzip compresses. A class the table gives no value (the reconstruction keeps only the
+    input's classes: none) is written as background."""
+    lookup = np.zeros(max(table.num_classes, int(classes.max(initial=0))) + 1, dtype=np.int64)
+    for value, class_index in sorted(table.class_of_value.items(), reverse=True):
+        lookup[class_index] = value  # the first value of a class, as `value_of_class`
     values = list(table.class_of_value)  # the table's label values
     dtype = np.uint8 if 0 <= min(values) and max(values) <= 255 else np.int16  # noqa: SIM300
     image = nib.Nifti1Image(lookup.astype(dtype)[classes], affine)

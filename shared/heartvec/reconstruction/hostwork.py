@@ -158,37 +158,57 @@ def run_all(
 # --- the jobs ---------------------------------------------------------------------------------
 
 
-def refinement_targets(
-    volume: LabelVolume,
-    surfaces: dict[int, Surface],
-    normalization: Normalization,
-    low: np.ndarray,
-    high: np.ndarray,
-    points: int,
-    seed: int | Sequence[int],
-) -> dict[str, np.ndarray]:
+def class_signed_distance(
+    surface: Surface, points: np.ndarray, inside: np.ndarray, band_mm: float
+) -> np.ndarray:
+    """`distance.signed_distance` of world points to one class surface (a job per class)."""
+    return signed_distance(SurfaceDistance(surface), points, inside, band_mm)
+
+
+class RefinementTargets:
     """The refinement's data (`heartvec.reconstruction.refine`): 2 x `points` surface points
     with classes, and `points` near-surface + `points` volume points in [low, high] with the
-    exact per-class SDF, normalized; drawn from a generator seeded with `seed`."""
-    rng = np.random.default_rng(seed)
-    world, labels, _ = sample_surfaces(surfaces, 2 * points, rng)
-    surface = normalization.to_normalized(world)
-    near = near_surface_points(surface, points, (0.005, 0.05), rng)
-    box = rng.uniform(low, high, size=(points, 3))
-    queries = np.concatenate([near, box])
-    order = spatial_order(queries)
-    world_queries = normalization.to_world(queries[order])
-    nearest_class = volume.class_at(world_queries)
-    sdf = np.full((len(queries), volume.label_table.num_classes), ABSENT_SDF, dtype=np.float32)
-    for class_index, class_surface in surfaces.items():
-        distance = signed_distance(
-            SurfaceDistance(class_surface),
-            world_queries,
-            nearest_class == class_index,
-            volume.half_voxel_diagonal_mm,
-        )
-        sdf[order, class_index - 1] = distance / normalization.scale
-    return {"surface": surface, "labels": labels, "queries": queries, "sdf": sdf}
+    exact per-class SDF, normalized; drawn from a generator seeded with `seed`.
+
+    The points are drawn here; each class's exact distances are a job of `pool` (a class per
+    worker: 0.5-0.7 s of one core for ten classes) or computed inline when `result` asks."""
+
+    def __init__(
+        self,
+        volume: LabelVolume,
+        surfaces: dict[int, Surface],
+        normalization: Normalization,
+        low: np.ndarray,
+        high: np.ndarray,
+        points: int,
+        seed: int | Sequence[int],
+        pool: ProcessPoolExecutor | None = None,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        world, self.labels, _ = sample_surfaces(surfaces, 2 * points, rng)
+        self.surface = normalization.to_normalized(world)
+        near = near_surface_points(self.surface, points, (0.005, 0.05), rng)
+        box = rng.uniform(low, high, size=(points, 3))
+        self.queries = np.concatenate([near, box])
+        self.order = spatial_order(self.queries)
+        world_queries = normalization.to_world(self.queries[self.order])
+        nearest_class = volume.class_at(world_queries)
+        self.num_classes, self.scale = volume.label_table.num_classes, normalization.scale
+        band = volume.half_voxel_diagonal_mm
+        self.distances = {
+            class_index: Deferred(
+                class_signed_distance,
+                (surface, world_queries, nearest_class == class_index, band),
+                pool,
+            )
+            for class_index, surface in surfaces.items()
+        }
+
+    def result(self) -> dict[str, np.ndarray]:
+        sdf = np.full((len(self.queries), self.num_classes), ABSENT_SDF, dtype=np.float32)
+        for class_index, distance in self.distances.items():
+            sdf[self.order, class_index - 1] = distance.result() / self.scale
+        return {"surface": self.surface, "labels": self.labels, "queries": self.queries, "sdf": sdf}
 
 
 class ClassMesh(NamedTuple):

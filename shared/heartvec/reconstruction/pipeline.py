@@ -43,7 +43,7 @@ from heartvec.normalization import (
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
-from heartvec.reconstruction.grid import SdfGrid, decode_grid
+from heartvec.reconstruction.grid import SdfGrid, decode_grid, negative_extent
 from heartvec.reconstruction.hostwork import Deferred, draw_preview, host_pool, preview_slices
 from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlaps, surface_distances
@@ -424,7 +424,10 @@ def decode_context(
     chunk = DENSE_CHUNK_GPU if device.type == "cuda" else 8_192
     if dense:
         values = decode_dense(model, context, centre - half, centre + half, resolution, chunk)
-        return SdfGrid(values, centre - half, centre + half, resolution**3)
+        grid = SdfGrid(values.cpu().numpy(), centre - half, centre + half, resolution**3)
+        if device.type == "cuda":  # the classes' extents, where the values are (0.1-0.2 s on
+            grid.set_negative_extent(negative_extent(values))  # a CPU's cores)
+        return grid
     with torch.no_grad():
 
         def sdf_at(points: np.ndarray) -> np.ndarray:
@@ -450,33 +453,30 @@ def decode_dense(
     high: np.ndarray,
     resolution: int,
     chunk: int,
-) -> np.ndarray:
-    """(R, R, R, C) float32: the decoder at every point of a resolution^3 grid spanning
-    [low, high] (the points of `grid.grid_points`, made on the context's device).
+) -> torch.Tensor:
+    """(R, R, R, C) float32 on the context's device: the decoder at every point of a
+    resolution^3 grid spanning [low, high] (the points of `grid.grid_points`, made on the
+    device from their indices).
 
-    Each chunk's points are made on the device from their indices and its values copied into
-    one host array without waiting (pinned memory on a GPU), so the device never waits for the
-    host: building the 16.8M points and joining the chunks' values on the host cost 2-5 s at
-    256^3 on a 2-core CPU, more than an H200 takes to decode them.
+    On a GPU the values stay there until the caller copies them once: building the 16.8M points
+    and joining the chunks' values on the host cost 2-5 s at 256^3 on a 2-core CPU, more than an
+    H200 takes to decode them, and page-locking a host buffer for copies that do not wait cost
+    0.26 s a volume (0.5 s after the refinement's CUDA graph emptied torch's cache of them).
     """
     device = context.device
     total = resolution**3
     start_point = torch.tensor(low, dtype=torch.float64, device=device)
     step = torch.tensor((high - low) / (resolution - 1), dtype=torch.float64, device=device)
     classes = model.config.num_classes
-    values = torch.empty((total, classes), dtype=torch.float32,
-                         pin_memory=device.type == "cuda")  # fmt: skip
+    values = torch.empty((total, classes), dtype=torch.float32, device=device)
     for first in range(0, total, chunk):
         index = torch.arange(first, min(first + chunk, total), device=device)
         ijk = torch.stack(
             (index // resolution**2, index // resolution % resolution, index % resolution), dim=1
         )
         points = (start_point + ijk * step).float()
-        decoded = model.decode(context, points[None])[0].float()
-        values[first : first + len(index)].copy_(decoded, non_blocking=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return values.numpy().reshape(resolution, resolution, resolution, classes)
+        values[first : first + len(index)] = model.decode(context, points[None])[0].float()
+    return values.view(resolution, resolution, resolution, classes)
 
 
 def _class_metrics(

@@ -32,7 +32,7 @@ from heartvec.model.objectives import sign_loss
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import Normalization
 from heartvec.reconstruction import defaults
-from heartvec.reconstruction.hostwork import Deferred, refinement_targets
+from heartvec.reconstruction.hostwork import RefinementTargets
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
@@ -51,14 +51,16 @@ def start_targets(
     normalization: Normalization,
     seed: int | Sequence[int],
     pool: ProcessPoolExecutor | None = None,
-) -> Deferred:
+) -> RefinementTargets:
     """The refinement's surface points with classes and near + volume points with exact
-    per-class SDF (`hostwork.refinement_targets`, POINTS of each kind), started on `pool` (the
-    pipeline's host pool: computed while the device encodes) or computed when asked for."""
+    per-class SDF (`hostwork.RefinementTargets`, POINTS of each kind), their distances started
+    on `pool` (the pipeline's host pool: computed while the device encodes) or computed when
+    asked for."""
     low, high = normalization.bounds(surfaces)
     room = TARGET_MARGIN
-    args = (volume, surfaces, normalization, low - room, high + room, POINTS, seed)
-    return Deferred(refinement_targets, args, pool)
+    return RefinementTargets(
+        volume, surfaces, normalization, low - room, high + room, POINTS, seed, pool
+    )
 
 
 SIGN_TEMPERATURE = 0.1  # as training's `sign_temperature`, in target units
@@ -273,6 +275,7 @@ class _TensorSteps:
             self.run_one()
         for _ in range(steps):
             graph.replay()
+        torch.cuda.synchronize(device)  # the stage's time is its GPU work's
 
 
 def cosine_factor(step: int, steps: int, final: float) -> float:
@@ -297,7 +300,7 @@ def refine_latents(
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT,
     points_per_step: int = defaults.REFINE_POINTS,
     final_lr: float = defaults.REFINE_FINAL_LR,
-    targets: Deferred | None = None,
+    targets: RefinementTargets | None = None,
     step_mode: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Adam on `target` ('context' or 'latents') for `steps` steps of `points_per_step` fit
