@@ -334,7 +334,7 @@ def test_host_pool_gives_the_inline_result(
     phantom, checkpoint = trained
     table = load_label_table("default")
     settings = ReconstructSettings(resolution=48, refine_steps=10, min_piece=0.05)
-    model = load_model(checkpoint)  # a kept model: the pipeline takes the pool where there is one
+    model = load_model(checkpoint)
     reports = {}
     for workers in ("0", "2"):
         monkeypatch.setenv(hostwork.WORKERS_VARIABLE, workers)
@@ -344,6 +344,7 @@ def test_host_pool_gives_the_inline_result(
             reports[workers] = reconstruct(phantom, tmp_path / workers, table, model, settings)
         finally:
             hostwork.shutdown_host_pool()
+    assert hostwork.running_host_pool() is None  # none is started by the pipeline itself
     inline, pooled = reports["0"], reports["2"]
     assert pooled["classes"] == inline["classes"]
     assert pooled["refinement"]["held_out_iou_after"] == inline["refinement"]["held_out_iou_after"]

@@ -6,11 +6,13 @@ dropping stray pieces, the refinement's exact distances and the preview's drawin
 again on one core each (BENCHMARKS.md, "GPU"), because numpy/skimage/matplotlib hold the GIL
 and threads do not spread them. A pool of spawned processes (`host_pool`) runs them a class
 per process and overlaps the refinement's targets with encoding. A process that keeps its
-model (the worker, the embedded service) starts one; a one-volume run does not (spawning ten
-workers on the lent GPU machine slowed its loading by ~0.9 s, more than they saved). Without a
-pool (a one-volume run, fewer than MIN_CORES cores, a daemonic process,
-`HEARTVEC_HOST_WORKERS=0`) the same functions run inline with the same results. This module
-imports no torch, so a worker starts in a fraction of a second.
+model starts one (`host_pool`: the worker and the embedded service do, after loading it) and
+the pipeline uses it (`running_host_pool`); a one-volume run does not (spawning ten workers on
+the lent GPU machine slowed its loading by ~0.9 s, more than they saved), nor does a library
+caller who did not start one (spawned workers import the caller's main module, which must
+then be guarded by `if __name__ == "__main__"`). Without a pool (those, fewer than MIN_CORES
+cores, a daemonic process, `HEARTVEC_HOST_WORKERS=0`) the same functions run inline with the
+same results. This module imports no torch, so a worker starts in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -92,6 +94,11 @@ def host_pool() -> ProcessPoolExecutor | None:
                 return None
             _pool = pool
         return _pool
+
+
+def running_host_pool() -> ProcessPoolExecutor | None:
+    """The pool `host_pool` started in this process, if any (none is started here)."""
+    return _pool
 
 
 def wait_for_host_pool(timeout: float = 60.0) -> None:

@@ -44,7 +44,12 @@ from heartvec.reconstruction import defaults
 from heartvec.reconstruction.contours import slice_contours
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.grid import SdfGrid, decode_grid, negative_extent
-from heartvec.reconstruction.hostwork import Deferred, draw_preview, host_pool, preview_slices
+from heartvec.reconstruction.hostwork import (
+    Deferred,
+    draw_preview,
+    preview_slices,
+    running_host_pool,
+)
 from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlaps, surface_distances
 from heartvec.reconstruction.refine import TARGETS as REFINE_TARGETS
@@ -208,9 +213,9 @@ def reconstruct(
     out_dir = Path(out_dir)
     clock = _Clock(progress)
     rng = np.random.default_rng(settings.seed)
-    # a process that keeps its model keeps a host pool too (started by its first volume); for
-    # one volume, spawning the workers cost more than they saved (BENCHMARKS.md, "GPU")
-    pool = host_pool() if isinstance(checkpoint, LoadedModel) else None
+    # the host pool of a process that started one (the worker and the embedded service, with
+    # their model); for one volume, spawning it cost more than it saved (BENCHMARKS.md, "GPU")
+    pool = running_host_pool()
     with clock.stage("load"):
         volume = load_label_volume(source, label_table, ignore_unknown_labels)
         surfaces = class_surfaces(volume)
