@@ -65,7 +65,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/*.Dockerfile
-	$(BIN)/shellcheck .ci/run apptainer/*.sbatch services/trainer/gpu_session.sh
+	$(BIN)/shellcheck .ci/run apptainer/*.sbatch services/trainer/gpu_session.sh bench/gpu_latency.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 	sed 's/!reset //' compose.cpu.yaml | $(BIN)/check-jsonschema --builtin-schema vendor.compose-spec --force-filetype yaml -
 
