@@ -4,7 +4,9 @@ machine's Postgres and Redis (no mocks); the embedded mode through the same test
 from __future__ import annotations
 
 import gzip
+import os
 import secrets
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,6 +109,59 @@ def test_upload_becomes_a_succeeded_job_with_downloadable_results(
     assert glb.content[:4] == b"glTF" and glb.headers["content-type"] == "model/gltf-binary"
     report = service.client.get(f"/jobs/{job_id}/results/report.json").json()
     assert report["summary"] == job["metrics"]["summary"]
+
+
+def test_a_celery_job_process_runs_its_jobs_on_a_host_pool(
+    make_service: Callable[..., Service], phantom: Path
+) -> None:
+    """On a GPU machine's many cores the worker's job process (billiard's 'daemonic' process,
+    which multiprocessing refuses children) starts its host pool after loading the model and
+    the job runs on it (two workers here, where the default on 2 cores is none); a job process
+    killed mid-life takes its pool's workers with it."""
+    service = make_service(HEARTVEC_HOST_WORKERS="2", HEARTVEC_LOG_FORMAT="text")
+    service.start_api()
+    worker = service.start_worker()
+    wait_for(lambda: "host pool: 2 spawned workers" in worker.output(), 60, "the host pool")
+    response = service.submit(phantom, **{**QUICK, "refine_steps": 5})
+    job = service.wait_status(response.json()["id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["metrics"]["summary"]["mean_dice_large"] > 0.4
+    assert "running inline" not in worker.output() and "no host pool" not in worker.output()
+
+    (job_process,) = _children(worker.handle.pid)
+    pool = [p for p in _children(job_process) if b"spawn_main" in _cmdline(p)]
+    assert len(pool) == 2, pool
+    os.kill(job_process, signal.SIGKILL)
+    wait_for(lambda: not any(map(_running, pool)), 15, "the pool's workers to end")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may not come)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_listing_paging_and_cancelling_queued_jobs(

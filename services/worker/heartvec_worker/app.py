@@ -16,6 +16,7 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
@@ -28,7 +29,7 @@ from heartvec.jobs.runner import JobLimits, resolve_device, run_job
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import JobStore
 from heartvec.logs import configure_logging, current_job
-from heartvec.reconstruction.hostwork import host_pool
+from heartvec.reconstruction.hostwork import host_pool, shutdown_host_pool
 from heartvec.reconstruction.pipeline import LoadedModel, load_model
 from heartvec.settings import Settings
 
@@ -68,6 +69,11 @@ def _start_child(**_: Any) -> None:
         process.store.engine.dispose(close=False)
     process.store = process.recovery = None
     process.ensure()
+
+
+@worker_process_shutdown.connect
+def _stop_child(**_: Any) -> None:
+    shutdown_host_pool()  # its workers and semaphores, before the child's own exit
 
 
 @setup_logging.connect

@@ -21,9 +21,11 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import process as mp_process
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -46,6 +48,7 @@ MIN_CORES = 8
 the decoder's threads use."""
 MAX_WORKERS = 10  # a class each
 WORKERS_VARIABLE = "HEARTVEC_HOST_WORKERS"
+PARENT_CHECK_S = 1.0  # how often a worker checks that its parent is alive
 
 _pool: ProcessPoolExecutor | None = None
 _pool_failed = False  # once: a process that may not have children stays without
@@ -68,31 +71,63 @@ def host_workers() -> int:
     return min((cores or 1) - 2, MAX_WORKERS) if (cores or 1) >= MIN_CORES else 0
 
 
-def _warm_up() -> None:
-    """A worker's first task: import what the jobs use (the render module's matplotlib too)
-    while the parent loads the volume and the model."""
+def _start_worker() -> None:
+    """Each worker's start: end it when its parent ends (a killed Celery job process would
+    otherwise leave it waiting for tasks: it holds its task pipe's both ends), and import what
+    the jobs use (the render module's matplotlib too) while the parent loads the volume and the
+    model."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="heartvec-parent-watch", daemon=True).start()
     import heartvec.reconstruction.render  # noqa: F401
+
+
+def _ready() -> None:
+    """A no-op task: submitting one per worker makes a spawning pool start them all."""
 
 
 def host_pool() -> ProcessPoolExecutor | None:
     """The process's pool, started on first use (its workers spawn and import at once, in the
-    background), or None where there is none (`host_workers` is 0, or this process may not
-    have children: a daemonic one, say)."""
+    background), or None where there is none (`host_workers` is 0, or it could not start).
+
+    A Celery prefork child (the GPU worker's job process) runs as billiard's 'daemonic'
+    process, and multiprocessing refuses children to those (a rule for processes that would be
+    left behind when their daemonic parent ends) and will not pickle billiard's authentication
+    key for them. The pool's workers are not left behind: each ends itself within
+    PARENT_CHECK_S of its parent's end (`_start_worker`). So while the workers start, all of
+    them at once, the process is not daemonic and its key is multiprocessing's own type."""
     global _pool, _pool_failed
     workers = host_workers()
-    if workers == 0 or _pool_failed or multiprocessing.current_process().daemon:
+    if workers == 0 or _pool_failed:
         return None
     with _pool_lock:
         if _pool is None:
+            config = multiprocessing.current_process()._config  # type: ignore[attr-defined]
+            saved = dict(config)
             try:
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                if config.get("daemon"):  # billiard's (or another daemonic) process: see above
+                    config["daemon"] = False
+                    config["authkey"] = mp_process.AuthenticationString(bytes(config["authkey"]))  # type: ignore[attr-defined]
+                pool = ProcessPoolExecutor(
+                    workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                )
                 # a spawning pool starts a worker per task that finds none idle
-                _warm_ups[:] = [pool.submit(_warm_up) for _ in range(workers)]
-            except Exception as error:  # e.g. "daemonic processes are not allowed to have children"
+                _warm_ups[:] = [pool.submit(_ready) for _ in range(workers)]
+            except Exception as error:
                 log.warning("no host pool (%s): running inline", error)
                 _pool_failed = True
                 return None
+            finally:
+                config.update(saved)
             _pool = pool
+            log.info("host pool: %d spawned workers", workers)
         return _pool
 
 
