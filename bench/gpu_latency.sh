@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:?set OUT to a folder for the results}
 DEVICE=${DEVICE:-cuda}
 REPEATS=${REPEATS:-3}  # heartvec reconstruct processes
-# VARIANTS=1: also the worker's runs with eager refinement steps and without the host pool
+# VARIANTS=1: also the worker's runs with eager refinement steps and without the host pool;
+# PROFILE=0: without the cProfile runs
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/keep"
 if [ -d .whl ] && ! python3 -c "import heartvec" 2>/dev/null; then
@@ -44,6 +45,8 @@ if [ "${VARIANTS:-0}" = 1 ]; then
   HEARTVEC_HOST_WORKERS=0 python3 bench/profile_reconstruct.py --device "$DEVICE" --no-profile \
     --runs 3 --out "$OUT/keep/warm-no-pool"
 fi
-python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 --out "$OUT/keep/profile"
+if [ "${PROFILE:-1}" = 1 ]; then
+  python3 bench/profile_reconstruct.py --device "$DEVICE" --runs 2 --out "$OUT/keep/profile"
+fi
 tar -C "$OUT/keep" -czf "$OUT/results.tar.gz" . && rm -rf "$OUT/keep"
 echo "done in $((SECONDS - started)) s"
