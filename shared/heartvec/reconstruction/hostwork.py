@@ -11,8 +11,9 @@ the pipeline uses it (`running_host_pool`); a one-volume run does not (spawning 
 the lent GPU machine slowed its loading by ~0.9 s, more than they saved), nor does a library
 caller who did not start one (spawned workers import the caller's main module, which must
 then be guarded by `if __name__ == "__main__"`). Without a pool (those, fewer than MIN_CORES
-cores, a daemonic process, `HEARTVEC_HOST_WORKERS=0`) the same functions run inline with the
-same results. This module imports no torch, so a worker starts in a fraction of a second.
+cores, `HEARTVEC_HOST_WORKERS=0`) the same functions run in this process with the same
+results (the refinement's distances on threads: fcpw releases the GIL). This module imports
+no torch, so a worker starts in a fraction of a second.
 """
 
 from __future__ import annotations

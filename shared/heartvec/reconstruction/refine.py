@@ -54,8 +54,8 @@ def start_targets(
 ) -> RefinementTargets:
     """The refinement's surface points with classes and near + volume points with exact
     per-class SDF (`hostwork.RefinementTargets`, POINTS of each kind), their distances started
-    on `pool` (the pipeline's host pool: computed while the device encodes) or computed when
-    asked for."""
+    at once, a class per job: on `pool` (the pipeline's host pool), else on threads, while the
+    device encodes."""
     low, high = normalization.bounds(surfaces)
     room = TARGET_MARGIN
     return RefinementTargets(
