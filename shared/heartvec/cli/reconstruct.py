@@ -11,7 +11,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
-from heartvec.reconstruction.hostwork import shutdown_host_pool
 from heartvec.reconstruction.pipeline import PRECISIONS, STAGES, ReconstructSettings, reconstruct
 from heartvec.settings import default_checkpoint
 
@@ -82,18 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.n = round(fraction * len(STAGES))
         progress.refresh()
 
-    try:
-        report = reconstruct(
-            args.file,
-            args.out,
-            load_label_table(args.labels),
-            args.checkpoint or default_checkpoint(),
-            settings,
-            args.ignore_unknown_labels,
-            advance,
-        )
-    finally:
-        shutdown_host_pool()  # its idle workers: the process can then exit at once
+    report = reconstruct(
+        args.file,
+        args.out,
+        load_label_table(args.labels),
+        args.checkpoint or default_checkpoint(),
+        settings,
+        args.ignore_unknown_labels,
+        advance,
+    )
     progress.close()
     summary = report["summary"]
     print(json.dumps({"out": str(args.out), **summary, "total_s": report["timings"]["total_s"]}))

@@ -144,7 +144,7 @@ def wait_for_host_pool(timeout: float = 60.0) -> None:
 
 
 def shutdown_host_pool() -> None:
-    """Stop the pool's workers (a CLI run's end; a worker process keeps its pool)."""
+    """Stop the pool's workers (a Celery job process's end; tests)."""
     global _pool
     with _pool_lock:
         if _pool is not None:
