@@ -24,6 +24,7 @@ import platform
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,18 @@ def autograd_eikonal_loss(model: torch.nn.Module, batch: dict, config: TrainConf
     return loss + config.weight_eikonal * penalty
 
 
-def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str, Any]:
+def measure_one(
+    preset: str, batch_size: int, mode: str, steps: int, checkpointing: bool | None = None
+) -> dict[str, Any]:
+    """One configuration's step time and peak memory; `checkpointing` overrides the preset's
+    activation checkpointing (`base` has it; `fd-no-ckpt` turns it off)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model_config = MODEL_PRESETS[preset]
     if mode == "fd-no-ckpt":  # the same step without activation checkpointing
         model_config = replace(model_config, activation_checkpointing=False)
+    if checkpointing is not None:
+        model_config = replace(model_config, activation_checkpointing=checkpointing)
     model = VecSetAutoencoder(model_config).to(device)
     config = replace(TRAIN_PRESETS[preset], learning_rate=1e-4)
     optimizer = make_optimizer(model, config, device, fused=mode != "fd-unfused-adamw")
@@ -103,13 +110,17 @@ def measure_one(preset: str, batch_size: int, mode: str, steps: int) -> dict[str
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            if mode.startswith("fd"):
-                loss, _, _ = training_loss(model, batch, config)
-            else:
-                with sdpa_kernel(SDPBackend.MATH):
+        # autograd's double backward needs attention on the math kernel, in the backward pass
+        # too: activation checkpointing recomputes each block there, and a recompute on another
+        # kernel saves other tensors than the forward did (torch refuses the mismatch)
+        kernel = nullcontext() if mode.startswith("fd") else sdpa_kernel(SDPBackend.MATH)
+        with kernel:
+            with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+                if mode.startswith("fd"):
+                    loss, _, _ = training_loss(model, batch, config)
+                else:
                     loss = autograd_eikonal_loss(model, batch, config)
-        loss.backward()
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -148,6 +159,12 @@ def main() -> int:
         "--one", nargs=3, metavar=("PRESET", "BATCH", "MODE"), help=argparse.SUPPRESS
     )
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        default=None,
+        help="with --one: recompute blocks in the backward pass whatever the preset says",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny and small only")
     parser.add_argument("--data", action="store_true", help="measure making training items")
     args = parser.parse_args()
@@ -155,7 +172,8 @@ def main() -> int:
         return measure_data()
     if args.one:
         preset, batch, mode = args.one
-        print(json.dumps(measure_one(preset, int(batch), mode, args.steps)))
+        one = measure_one(preset, int(batch), mode, args.steps, args.activation_checkpointing)
+        print(json.dumps(one))
         return 0
     runs = GPU_RUNS if torch.cuda.is_available() else CPU_RUNS
     if args.quick:
