@@ -23,13 +23,15 @@ import torch.multiprocessing as mp
 from conftest import REPO
 
 from heartvec.errors import InputError
-from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
+from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TRAIN_PRESETS
 from heartvec_trainer.data import PreparedShapes, read_split
 from heartvec_trainer.losses import training_loss
+from heartvec_trainer.stopping import EXIT_INTERRUPTED
+from heartvec_trainer.train import load_resume_state, restore_rng
 
 CLI = Callable[..., tuple[int, str, str]]
 HEARTVEC = str(Path(sys.executable).parent / "heartvec")
@@ -98,6 +100,105 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
     assert resumed["epoch"] == expected["epoch"] == 3 and resumed["step"] == expected["step"]
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_sigterm_to_the_process_group_saves_the_step_and_resume_reproduces_the_run(
+    dataset: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    """What torchrun and SLURM do at a time limit: SIGTERM to the rank's process group, its
+    DataLoader worker included. The step in progress finishes, checkpoint-last.pt records the
+    place inside the epoch, the exit status says "stopped, resume me" within 60 s, and
+    --resume ends exactly where the uninterrupted run ends."""
+    args = ["--config", "tiny", "--workers", "1", "--batch-size", "1", "--epochs", "3",
+            "--val-every", "0"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_cli("train", "--data", dataset, "--out", whole, *args)[0] == 0
+
+    command = [HEARTVEC, "train", "--data", str(dataset), "--out", str(stopped), *args]
+    process = subprocess.Popen(
+        command, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    last = stopped / "checkpoint-last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGTERM)  # lands in epoch 2 of 8 steps (epoch 1 is saved)
+    sent = time.monotonic()
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 60
+    assert process.returncode == EXIT_INTERRUPTED, err[-2000:]
+    assert "SIGTERM received: stopped after step" in err
+    state = load_checkpoint(last)
+    assert state["epoch"] == 1 and 1 <= state["epoch_batches"] < 8, state["epoch_batches"]
+    assert state["step"] == 8 + state["epoch_batches"]
+
+    status, _, err = run_cli("train", "--data", dataset, "--out", stopped, *args, "--resume")
+    assert status == 0 and f"batch {state['epoch_batches']} of epoch 2" in err
+    expected, resumed = load_checkpoint(whole / "checkpoint-last.pt"), load_checkpoint(last)
+    assert resumed["epoch"] == expected["epoch"] == 3 and resumed["step"] == expected["step"]
+    assert "epoch_batches" not in resumed  # a whole epoch's checkpoint again
+    histories = [json.loads((run / "history.json").read_text()) for run in (whole, stopped)]
+    assert [r["step"] for r in histories[0]] == [r["step"] for r in histories[1]]
+    for name, tensor in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_restores_rng_states_as_cpu_byte_tensors(
+    dataset: Path, tmp_path: Path, run_cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume crash on GPUs: the checkpoint was loaded onto the GPU, so its CUDA RNG states
+    arrived as CUDA tensors, which torch.cuda.set_rng_state refuses ("RNG state must be a
+    torch.ByteTensor"). Here a checkpoint holds CUDA RNG states and a GPU host is simulated
+    whose set_rng_state makes CUDA's check; the resume state must be on the CPU whatever the
+    training device, and every state must reach its setter as a CPU byte tensor."""
+    run = tmp_path / "run"
+    assert run_cli("train", "--data", dataset, "--out", run, *FAST, "--epochs", "1")[0] == 0
+    state = load_checkpoint(run / "checkpoint-last.pt")
+    saved = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    state["rng"]["cuda"] = saved
+    save_checkpoint(run / "checkpoint-last.pt", state)
+
+    received: list[tuple[torch.Tensor, int]] = []
+
+    def set_rng_state(new_state: torch.Tensor, device: int = 0) -> None:
+        if new_state.device.type != "cpu" or new_state.dtype != torch.uint8:
+            raise TypeError("RNG state must be a torch.ByteTensor")
+        received.append((new_state.clone(), device))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    resume = load_resume_state(run / "checkpoint-last.pt")
+    tensors = [t for t in _tensors_in(resume)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    restore_rng(resume["rng"], torch.device("cuda", 0))
+    assert len(received) == 1 and received[0][1] == 0  # one GPU here: the first state
+    torch.testing.assert_close(received[0][0], saved[0])
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+
+
+def _tensors_in(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors_in(v)]
+    return []
+
+
+def test_cuda_asked_where_there_is_none_is_an_error(
+    dataset: Path, tmp_path: Path, run_cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster node whose CUDA does not work fails the job instead of training on its CPUs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status, _, err = run_cli("train", "--data", dataset, "--out", tmp_path / "run", *FAST,
+                             "--device", "cuda")  # fmt: skip
+    assert status == 2 and "cuda: CUDA is not available here" in err
+    monkeypatch.setenv("HEARTVEC_DIST_BACKEND", "nccl")
+    status, _, err = run_cli("train", "--data", dataset, "--out", tmp_path / "run", *FAST,
+                             "--device", "cpu")  # fmt: skip
+    assert status == 2 and "nccl needs GPUs" in err
+    assert not (tmp_path / "run").exists()
 
 
 def _rank_gradients(rank: int, world: int, init: str, batch_file: str, out: str) -> None:
@@ -459,3 +560,17 @@ def test_learning_rate_ramps_then_follows_steps_or_time() -> None:
         config.min_lr_ratio
     )
     assert learning_rate_factor(9, config, 1000, time_fraction=0.1) == pytest.approx(0.5)
+
+
+def test_autograd_eikonal_benchmark_row_runs_with_activation_checkpointing() -> None:
+    """bench/train.py's `base, 2, autograd` row failed on the GPU: `base` recomputes its blocks
+    in the backward pass, and the recompute ran on another attention kernel than the forward
+    (checkpoint's metadata check refused it). The same step on `tiny` with checkpointing on."""
+    done = subprocess.run(
+        [sys.executable, REPO / "bench" / "train.py", "--one", "tiny", "2", "autograd",
+         "--steps", "1", "--activation-checkpointing"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["eikonal"] == "autograd" and row["shapes_per_s"] > 0

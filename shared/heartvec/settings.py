@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_voxels: uploads whose header declares more voxels are refused before any is read.
     cors_origins: origins allowed to call the API from a browser (none by default).
     log_format: 'json' (one object per line, with the job id) or 'text'.
+    dist_backend: `heartvec train`'s process group under torchrun: 'nccl' or 'gloo' (default:
+        NCCL on GPUs, gloo on CPUs); gloo lets several ranks share one GPU.
     """
 
     model_config = SettingsConfigDict(env_prefix="HEARTVEC_")
@@ -58,6 +60,7 @@ class Settings(BaseSettings):
     max_voxels: int = Field(default=MAX_VOXELS, gt=0)
     cors_origins: list[str] = Field(default_factory=list)
     log_format: Literal["json", "text"] = "json"
+    dist_backend: Literal["nccl", "gloo"] | None = None
 
 
 def default_checkpoint() -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,11 +188,17 @@ class EpochTagged(Sampler[int]):
         self.size = size
         self.repeats = repeats
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Yield epoch `epoch`'s indices, less its first `skip` (a run resumed inside it)."""
         self.epoch = epoch
+        self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
+        return itertools.islice(self._indices(), self.skip, None)
+
+    def _indices(self) -> Iterator[int]:
         for repeat in range(self.repeats):
             draw_epoch = self.epoch * self.repeats + repeat
             self.sampler.set_epoch(draw_epoch)
@@ -199,7 +206,7 @@ class EpochTagged(Sampler[int]):
             yield from (offset + int(index) for index in self.sampler)
 
     def __len__(self) -> int:
-        return len(self.sampler) * self.repeats
+        return max(0, len(self.sampler) * self.repeats - self.skip)
 
 
 def _random_similarity(config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from heartvec.errors import InputError
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -18,6 +20,12 @@ class Runtime:
     local_rank: int
     world_size: int
     device: torch.device
+    backend: str = "gloo"
+
+    @property
+    def collective_device(self) -> torch.device:
+        """Where tensors for collectives live: NCCL needs them on the GPU, gloo takes both."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
 
     @property
     def is_main(self) -> bool:
@@ -29,23 +37,44 @@ class Runtime:
         return self.world_size > 1
 
 
-def start(device_name: str | None = None) -> Runtime:
+def start(device_name: str | None = None, backend: str | None = None) -> Runtime:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), pick the device.
 
-    NCCL on GPUs, gloo on CPUs. `device_name` ('cpu', 'cuda') overrides the automatic choice.
+    Args:
+        device_name: 'cpu' or 'cuda' (default: cuda when available). 'cuda' where CUDA does
+            not work is an error, not a run on the CPU.
+        backend: 'nccl' or 'gloo' (default: NCCL on GPUs, gloo on CPUs). Ranks get a GPU each
+            (local rank modulo the GPUs); with gloo several ranks may share one, which NCCL
+            refuses: a test of multi-rank training on a machine with one GPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
+    if backend not in (None, "nccl", "gloo"):
+        raise InputError("HEARTVEC_DIST_BACKEND", f"{backend!r}: expected nccl or gloo")
     if use_cuda:
-        device = torch.device("cuda", local_rank)
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}"
+            raise InputError("--device", f"{device_name}: CUDA is not available here ({build})")
+        backend = backend or "nccl"
+        gpus = torch.cuda.device_count()
+        if backend == "nccl" and local_rank >= gpus:
+            raise InputError(
+                "--device",
+                f"local rank {local_rank} but {gpus} GPU(s): NCCL needs a GPU per rank "
+                "(HEARTVEC_DIST_BACKEND=gloo lets ranks share one)",
+            )
+        device = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(device)
     else:
+        backend = backend or "gloo"
+        if backend == "nccl":
+            raise InputError("HEARTVEC_DIST_BACKEND", "nccl needs GPUs (--device cuda)")
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Runtime(rank, local_rank, world_size, device)
+        dist.init_process_group(backend)
+    return Runtime(rank, local_rank, world_size, device, backend)
 
 
 def stop(runtime: Runtime) -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,20 @@ from heartvec.labels import CLASS_NAMES
 from heartvec.model.checkpoint import load_checkpoint, save_checkpoint
 from heartvec.model.config import ModelConfig
 from heartvec.model.vecset import VecSetAutoencoder
+from heartvec.settings import Settings
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TrainConfig, load_config
 from heartvec_trainer.curves import plot_history
 from heartvec_trainer.data import EpochTagged, PreparedShapes, normalization_of, read_split
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
+from heartvec_trainer.stopping import (
+    EXIT_INTERRUPTED,
+    StopCheck,
+    StopSignals,
+    TrainingClock,
+    WorkerSignals,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the VecSet autoencoder on a folder prepared by `heartvec prepare` and "
         "split by `heartvec split`. Works under torchrun (DDP). Writes RUN_DIR/checkpoint-last.pt "
         "(every epoch), RUN_DIR/checkpoint-best.pt (best validation mean IoU), "
-        "RUN_DIR/history.json, RUN_DIR/training_curve.png and TensorBoard logs.",
+        "RUN_DIR/history.json, RUN_DIR/training_curve.png and TensorBoard logs. On SIGTERM or "
+        f"SIGUSR1 it finishes the step, saves RUN_DIR/checkpoint-last.pt and exits with status "
+        f"{EXIT_INTERRUPTED}; --resume continues from that step.",
     )
     parser.add_argument(
         "--data", type=Path, required=True, help="prepared folder with train/val.csv"
@@ -70,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this much training time (validate and save first); the learning "
         "rate decays over this time when it ends before the epochs do",
     )
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        help="cpu or cuda (default: cuda when available); cuda where CUDA does not work fails",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from RUN_DIR/checkpoint-last.pt if present"
     )
@@ -106,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     preset, model_config, train_config = load_config(args.config)
     train_config = replace(train_config, **_overrides(args))
-    runtime = distributed.start(args.device)
+    runtime = distributed.start(args.device, Settings().dist_backend)
     try:
-        train(
+        outcome = train(
             args.data,
             args.out,
             preset,
@@ -121,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         distributed.stop(runtime)
-    return 0
+    return EXIT_INTERRUPTED if outcome.interrupted_by else 0
 
 
 def learning_rate_factor(
@@ -160,6 +173,15 @@ def make_optimizer(
     )
 
 
+@dataclass
+class Outcome:
+    """What a call of `train` did: the per-epoch history (validation metrics included), and the
+    signal that stopped it early, if one did (checkpoint-last.pt then holds where it stopped)."""
+
+    history: list[dict[str, Any]]
+    interrupted_by: str | None = None
+
+
 def train(
     data_dir: Path,
     run_dir: Path,
@@ -170,8 +192,41 @@ def train(
     resume: bool = False,
     use_wandb: bool = False,
     init_from: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Train and return the per-epoch history (validation metrics included)."""
+) -> Outcome:
+    """Train; SIGTERM and SIGUSR1 stop it after the current step, with a checkpoint."""
+    workers = WorkerSignals()
+    try:
+        with StopSignals() as signals:
+            return _train(
+                data_dir,
+                run_dir,
+                preset,
+                model_config,
+                config,
+                runtime,
+                signals,
+                workers,
+                resume,
+                use_wandb,
+                init_from,
+            )
+    finally:
+        workers.parent_done()
+
+
+def _train(
+    data_dir: Path,
+    run_dir: Path,
+    preset: str,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    runtime: distributed.Runtime,
+    signals: StopSignals,
+    workers: WorkerSignals,
+    resume: bool,
+    use_wandb: bool,
+    init_from: Path | None,
+) -> Outcome:
     device = runtime.device
     # every split the run needs is checked before any work: no crash at the first validation
     train_files = read_split(data_dir, "train")
@@ -195,6 +250,7 @@ def train(
         pin_memory=device.type == "cuda",
         drop_last=len(tagged) >= config.batch_size,
         persistent_workers=config.workers > 0,
+        worker_init_fn=workers,
     )
     val_shapes = PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True)
     val_loader = DataLoader(
@@ -202,20 +258,23 @@ def train(
         batch_size=config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
+        worker_init_fn=workers,
     )
-    steps_per_epoch = math.ceil(len(loader) / config.accumulation)
-    total_steps = steps_per_epoch * config.epochs
+    batches_per_epoch = len(loader)
+    total_steps = math.ceil(batches_per_epoch / config.accumulation) * config.epochs
     optimizer = make_optimizer(model, config, device)
-    clock = _TrainingClock(config.time_limit_s, runtime)
+    clock = TrainingClock(config.time_limit_s)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: learning_rate_factor(step, config, total_steps, clock.fraction()),
     )
 
     start_epoch, step, best_iou, history = 0, 0, -1.0, []
+    # a run stopped by a signal inside an epoch goes on from the batch after its last step
+    resume_batches, resume_losses = 0, []
     last_path, best_path = run_dir / "checkpoint-last.pt", run_dir / "checkpoint-best.pt"
     if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_resume_state(last_path)
         if state["model_config"] != model_config.as_dict():
             raise InputError(last_path, "was trained with another model config; use a new --out")
         model.load_state_dict(state["model"])
@@ -223,10 +282,15 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"], state["step"]
         best_iou, history = state["best_iou"], state["history"]
+        resume_batches, resume_losses = state.get("epoch_batches", 0), state.get("epoch_losses", [])
         clock.earlier_s = state.get("elapsed_s", 0.0)
-        _restore_rng(state["rng"])
+        restore_rng(state["rng"], device)
         if runtime.is_main:
-            print(f"resuming {last_path} after epoch {start_epoch}, step {step}", file=sys.stderr)
+            within = f", batch {resume_batches} of epoch {start_epoch + 1}" * (resume_batches > 0)
+            print(
+                f"resuming {last_path} after epoch {start_epoch}, step {step}{within}",
+                file=sys.stderr,
+            )
     else:
         if resume and runtime.is_main:
             print(f"no {last_path}: starting a new run", file=sys.stderr)
@@ -239,21 +303,26 @@ def train(
     trained = DistributedDataParallel(model) if runtime.distributed else model
     precision = autocast_dtype(config, device)
     writer = SummaryWriter(run_dir / "tensorboard") if runtime.is_main else None
+    stop = StopCheck(clock, signals, runtime)
     clock.start()
     saved_at = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
-        tagged.set_epoch(epoch)
-        losses = []
+        batches_done, resume_batches = resume_batches, 0
+        losses, resume_losses = resume_losses, []
+        tagged.set_epoch(epoch, skip=batches_done * config.batch_size)
+        skipped = batches_done
         progress = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not runtime.is_main,
             unit="batch",
+            initial=skipped,
+            total=batches_per_epoch,
         )
-        for index, batch in enumerate(progress):
+        for index, batch in enumerate(progress, start=skipped):
             started = time.perf_counter()
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            updates = (index + 1) % config.accumulation == 0 or index + 1 == len(loader)
+            updates = (index + 1) % config.accumulation == 0 or index + 1 == batches_per_epoch
             quiet = trained.no_sync() if runtime.distributed and not updates else nullcontext()  # type: ignore[operator]
             with quiet:
                 with torch.autocast(
@@ -261,14 +330,15 @@ def train(
                 ):
                     loss, terms, _ = training_loss(trained, batch, config)
                 (loss / config.accumulation).backward()
+            losses.append(loss.item())
             if updates:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                clock.check()
-            losses.append(loss.item())
+                batches_done = index + 1
+                stop.check()
             shapes_per_s = (
                 len(batch["inputs"]) * runtime.world_size / (time.perf_counter() - started)
             )
@@ -283,8 +353,22 @@ def train(
                     writer.add_scalar(f"train/{name}", float(value), step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
                 writer.add_scalar("train/shapes_per_s", shapes_per_s, step)
-            if clock.up:
+            if stop.stopping:
                 break
+        progress.close()
+
+        # a time limit ends the epoch where it is; a signal inside an epoch keeps the place
+        stop.check()
+        if stop.signal and not stop.time_up and batches_done < batches_per_epoch:
+            if runtime.is_main:
+                state = _training_state(
+                    preset, model_config, config, normalization, model, optimizer, scheduler
+                )
+                state.update(epoch=epoch, step=step, best_iou=best_iou, history=history)
+                state.update(epoch_batches=batches_done, epoch_losses=losses)
+                state.update(elapsed_s=clock.elapsed(), rng=_rng_state())
+                _save(last_path, state)
+            break
 
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -292,8 +376,11 @@ def train(
             "train_loss": float(np.mean(losses)),
             "elapsed_s": round(clock.elapsed(), 1),
         }
-        validate = config.val_every > 0 and (
-            (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs or clock.up
+        # a signal leaves no time to validate; a time limit validates the cut epoch
+        validate = (
+            config.val_every > 0
+            and not stop.signal
+            and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs or stop.time_up)
         )
         if validate:  # every rank takes its share of the shapes; counts are summed
             record["val"] = evaluate_model(
@@ -309,23 +396,12 @@ def train(
             improved = "val" in record and record["val"]["mean_iou"] > best_iou
             if improved:
                 best_iou = record["val"]["mean_iou"]
-            state = {
-                "preset": preset,
-                "model_config": model_config.as_dict(),
-                "train_config": config.as_dict(),
-                "class_names": list(CLASS_NAMES),
-                "normalization": normalization,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "best_iou": best_iou,
-                "history": history,
-                "elapsed_s": clock.elapsed(),
-                "rng": _rng_state(),
-            }
-            final = epoch + 1 == config.epochs or clock.up
+            state = _training_state(
+                preset, model_config, config, normalization, model, optimizer, scheduler
+            )
+            state.update(epoch=epoch + 1, step=step, best_iou=best_iou, history=history)
+            state.update(elapsed_s=clock.elapsed(), rng=_rng_state())
+            final = epoch + 1 == config.epochs or stop.stopping
             due = time.monotonic() - saved_at >= config.checkpoint_every_s
             if validate or final or due:
                 _save(last_path, state)
@@ -337,53 +413,59 @@ def train(
             _log_epoch(record, writer, wandb_run)
         if runtime.distributed:
             dist.barrier()
-        if clock.up:
-            if runtime.is_main:
-                tqdm.write(
-                    f"time limit of {config.time_limit_s:.0f} s reached after epoch {epoch + 1}, "
-                    f"step {step}: stopped (--resume with a larger --time-limit continues)",
-                    file=sys.stderr,
-                )
+        if stop.stopping:
             break
+    if runtime.is_main and stop.time_up:
+        tqdm.write(
+            f"time limit of {config.time_limit_s:.0f} s reached after epoch {epoch + 1}, "
+            f"step {step}: stopped (--resume with a larger --time-limit continues)",
+            file=sys.stderr,
+        )
+    elif runtime.is_main and stop.signal:
+        tqdm.write(
+            f"{stop.signal} received: stopped after step {step} (epoch {epoch + 1}, batch "
+            f"{batches_done} of {batches_per_epoch}) and saved {last_path}; --resume continues "
+            f"(exit status {EXIT_INTERRUPTED})",
+            file=sys.stderr,
+        )
+    if runtime.distributed:
+        dist.barrier()  # rank 0's checkpoint is complete before any rank exits
     if writer is not None:
         writer.close()
     if wandb_run is not None:
         wandb_run.finish()
-    return history
+    return Outcome(history, stop.signal if stop.signal and not stop.time_up else None)
 
 
-class _TrainingClock:
-    """Training time against `--time-limit`, counting a resumed run's earlier time.
+def _training_state(
+    preset: str,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    normalization: dict[str, float | None],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """What every checkpoint of the run holds; the caller adds where the run is."""
+    return {
+        "preset": preset,
+        "model_config": model_config.as_dict(),
+        "train_config": config.as_dict(),
+        "class_names": list(CLASS_NAMES),
+        "normalization": normalization,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+    }
 
-    Under DDP rank 0's clock decides (broadcast at each check), so every rank stops after the
-    same step.
+
+def load_resume_state(path: Path) -> dict[str, Any]:
+    """checkpoint-last.pt for --resume, every tensor on the CPU whatever the training device.
+
+    The RNG states must be CPU byte tensors (`torch.cuda.set_rng_state_all` refuses a CUDA
+    tensor); the model and optimizer states are copied to their device by `load_state_dict`.
     """
-
-    def __init__(self, limit_s: float | None, runtime: distributed.Runtime) -> None:
-        self.limit_s = limit_s
-        self.runtime = runtime
-        self.earlier_s = 0.0
-        self.started = time.monotonic()
-        self.up = False
-
-    def start(self) -> None:
-        self.started = time.monotonic()
-
-    def elapsed(self) -> float:
-        return self.earlier_s + time.monotonic() - self.started
-
-    def fraction(self) -> float:
-        return self.elapsed() / self.limit_s if self.limit_s else 0.0
-
-    def check(self) -> None:
-        if self.limit_s is None:
-            return
-        up = self.elapsed() >= self.limit_s
-        if self.runtime.distributed:
-            flag = torch.tensor([float(up)], device=self.runtime.device)
-            dist.broadcast(flag, src=0)
-            up = bool(flag.item())
-        self.up = up
+    return load_checkpoint(path, map_location="cpu")
 
 
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -442,10 +524,16 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Put back the generators `_rng_state` saved, from tensors on any device.
+
+    torch's setters take CPU byte tensors only ("RNG state must be a torch.ByteTensor"). The
+    CUDA states go back to the GPUs this process sees, as many as were saved.
+    """
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    if device.type == "cuda" and state["cuda"]:
+        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(saved.to("cpu", torch.uint8), index)
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])

@@ -1,0 +1,144 @@
+"""When training stops before its epochs are done: a time limit, or a signal from a scheduler.
+
+A scheduler asks a job to end with SIGTERM (SLURM at its time limit, at preemption, on
+`scancel`), or with SIGUSR1 some minutes before the limit (`#SBATCH --signal=USR1@300`). Both
+are caught: the step in progress finishes, every rank agrees on the step to stop after,
+`checkpoint-last.pt` is saved with the position in the epoch, and `heartvec train` exits with
+`EXIT_INTERRUPTED`, so that a job script can requeue itself and `--resume` continues from
+that step.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+
+import torch
+import torch.distributed as dist
+
+from heartvec_trainer.distributed import Runtime
+
+EXIT_INTERRUPTED = 75
+"""Exit status of `heartvec train` stopped by SIGTERM or SIGUSR1 after saving (sysexits.h's
+EX_TEMPFAIL: try again, with --resume)."""
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignals:
+    """While entered, SIGTERM and SIGUSR1 record a request to stop instead of ending the process.
+
+    Only the main thread can install handlers; elsewhere (a test calling `train` on a thread)
+    the signals keep their usual effect.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[signal.Signals, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._catch) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)  # type: ignore[arg-type]
+
+    def _catch(self, number: int, frame: FrameType | None) -> None:
+        self.received = signal.Signals(number).name
+
+
+class WorkerSignals:
+    """DataLoader `worker_init_fn` that leaves stopping to the parent process.
+
+    torchrun signals a rank's whole process group, SLURM every process of the job step; a
+    DataLoader worker ended by SIGTERM (or by SIGUSR1, whose default is to end the process)
+    makes its parent's DataLoader raise at once, before the step finishes and saves. The
+    workers ignore both while the parent trains; once `parent_done` is called, SIGTERM ends
+    them again, which is how multiprocessing ends persistent workers at the parent's exit.
+    """
+
+    def __init__(self) -> None:
+        self._parent_done = multiprocessing.Event()
+
+    def __call__(self, worker_id: int) -> None:
+        parent_done = self._parent_done
+
+        def on_signal(number: int, frame: FrameType | None) -> None:
+            if number == signal.SIGTERM and parent_done.is_set():
+                signal.signal(number, signal.SIG_DFL)
+                os.kill(os.getpid(), number)
+
+        for number in STOP_SIGNALS:
+            signal.signal(number, on_signal)
+
+    def parent_done(self) -> None:
+        self._parent_done.set()
+
+
+class TrainingClock:
+    """Training time against `--time-limit`, counting a resumed run's earlier time."""
+
+    def __init__(self, limit_s: float | None) -> None:
+        self.limit_s = limit_s
+        self.earlier_s = 0.0
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.earlier_s + time.monotonic() - self.started
+
+    def fraction(self) -> float:
+        return self.elapsed() / self.limit_s if self.limit_s else 0.0
+
+    def up(self) -> bool:
+        return self.limit_s is not None and self.elapsed() >= self.limit_s
+
+
+class StopCheck:
+    """Whether to stop after the current step, the same answer on every rank.
+
+    `time_up` and `signal` are sticky once set. Under DDP each check is one small all-reduce
+    (max) of every rank's view: a signal reaches the ranks at slightly different times, and
+    their clocks differ by a little, but all must stop after the same step or the next
+    collective waits for ever.
+    """
+
+    def __init__(self, clock: TrainingClock, signals: StopSignals, runtime: Runtime) -> None:
+        self.clock = clock
+        self.signals = signals
+        self.runtime = runtime
+        self.time_up = False
+        self.signal: str | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.time_up or self.signal is not None
+
+    def check(self) -> bool:
+        """Update from this rank's clock and signals (and, under DDP, everyone's)."""
+        time_up, received = self.clock.up(), self.signals.received
+        if self.runtime.distributed:
+            views = torch.tensor(
+                [float(time_up), float(received is not None)],
+                device=self.runtime.collective_device,
+            )
+            dist.all_reduce(views, op=dist.ReduceOp.MAX)
+            time_up = bool(views[0].item())
+            if views[1].item() and received is None:
+                received = "a signal to another rank"
+        self.time_up = self.time_up or time_up
+        self.signal = self.signal or received
+        return self.stopping
