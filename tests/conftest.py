@@ -11,7 +11,9 @@ from pathlib import Path
 # with a thread per core each made the torch tests fight over the cores: the overfit test ran
 # 8x slower than alone (OpenMP threads spin waiting for each other).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    from heartvec.resources import available_cpus
+
+    _threads = max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
 
 import nibabel as nib

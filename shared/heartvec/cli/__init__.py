@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from heartvec.errors import HeartvecError
+from heartvec.resources import available_cpus
 
 # subcommand -> (module that implements it, one-line summary)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -66,8 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"heartvec: error: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _threads_within_cpu_quota()
     module = import_module(SUBCOMMANDS[name][0])
     return run_tool(module.main, rest)
+
+
+def _threads_within_cpu_quota() -> None:
+    """torch's and numpy's thread pools size themselves by the CPUs the process may run on, not
+    by a container's CPU quota (`--cpus 4` on a 64-core host: 64 threads on 4 CPUs' time). Under
+    a quota, OMP_NUM_THREADS (unless set) says the quota; before either library is imported."""
+    cpus = available_cpus()
+    if hasattr(os, "sched_getaffinity") and cpus < len(os.sched_getaffinity(0)):
+        os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
 
 
 def entry() -> None:

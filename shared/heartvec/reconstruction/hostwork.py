@@ -36,6 +36,7 @@ from skimage.measure import marching_cubes
 
 from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.normalization import Normalization
+from heartvec.resources import available_cpus
 from heartvec.samples import ABSENT_SDF, near_surface_points, sample_surfaces
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
@@ -68,8 +69,8 @@ def host_workers() -> int:
         except ValueError:
             log.warning("%s=%r is not a whole number: no host pool", WORKERS_VARIABLE, value)
             return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min((cores or 1) - 2, MAX_WORKERS) if (cores or 1) >= MIN_CORES else 0
+    cores = available_cpus()
+    return min(cores - 2, MAX_WORKERS) if cores >= MIN_CORES else 0
 
 
 def _start_worker() -> None:
@@ -243,7 +244,7 @@ class RefinementTargets:
         band = volume.half_voxel_diagonal_mm
         threads = None
         if pool is None:
-            threads = ThreadPoolExecutor(max(1, min(len(surfaces), os.cpu_count() or 1)))
+            threads = ThreadPoolExecutor(max(1, min(len(surfaces), available_cpus())))
         self.distances = {
             class_index: Deferred(
                 class_signed_distance,

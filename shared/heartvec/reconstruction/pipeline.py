@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from heartvec.reconstruction.meshes import class_meshes, label_volume
 from heartvec.reconstruction.metrics import overlaps, surface_distances
 from heartvec.reconstruction.refine import TARGETS as REFINE_TARGETS
 from heartvec.reconstruction.refine import refine_latents, start_targets
-from heartvec.resources import peak_memory_mb
+from heartvec.resources import available_cpus, peak_memory_mb
 from heartvec.samples import sample_surfaces
 from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
@@ -497,7 +496,7 @@ def _class_metrics(
     metrics: dict[str, dict[str, float | None]] = {}
     overlap = overlaps(volume.classes, classes, surfaces)
     with_mesh = [c for c in surfaces if c in meshes]
-    with ThreadPoolExecutor(max(1, min(len(with_mesh), os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(with_mesh), available_cpus()))) as pool:
         distances = dict(
             zip(
                 with_mesh,
