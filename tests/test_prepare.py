@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,3 +176,26 @@ def test_real_heart_with_its_label_table(real_heart: Path, tmp_path: Path, run_c
     with np.load(out / "whole_heart_mmwhs_labels.npz") as sample:
         assert sample["class_present"].tolist() == [True] * 7 + [False] * 3
         assert np.all(sample["vol_sdf"][:, 7:] == 2.0)
+
+
+def test_an_output_folder_it_cannot_write_is_refused_clearly(
+    phantom_dir: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    """A container's user (uid 1000) given a bind-mounted folder the Docker daemon made as root
+    (`make images-check` runs exactly that in the trainer image): one line naming the folder and
+    the fix, exit status 2, no traceback. Here the folder is made unwritable for this process:
+    read-only for a user, immutable (chattr +i) for root, who could write it otherwise."""
+    out = tmp_path / "prepared"
+    out.mkdir()
+    if os.geteuid() != 0:
+        out.chmod(0o555)
+    elif not shutil.which("chattr") or subprocess.run(["chattr", "+i", out]).returncode:
+        pytest.skip("root, and chattr +i unavailable here: nothing is unwritable for root")
+    try:
+        status, _, err = run_cli("prepare", phantom_dir, "--out", out, *FEW_POINTS)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", out], check=True)
+    assert status == 2 and f"heartvec: error: {out}" in err, err
+    assert "cannot create it" in err or "not writable by uid" in err
+    assert "Traceback" not in err and not list(out.iterdir())

@@ -32,6 +32,7 @@ from heartvec.labels import load_label_table
 from heartvec.resources import peak_memory_mb
 from heartvec.samples import SampleSettings, prepare_sample
 from heartvec.volume import MAX_VOXELS, load_label_volume
+from heartvec_trainer.folders import output_folder
 from heartvec_trainer.quality import plot_sample, sample_quality, summarize, write_json_atomic
 
 NPZ_KEYS = (
@@ -221,8 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         normalize=args.normalize,
         scale_mm=args.scale_mm,
     )
-    records_dir = args.out / "quality"
-    records_dir.mkdir(parents=True, exist_ok=True)
+    records_dir = output_folder(output_folder(args.out) / "quality")
     jobs: list[PrepareJob] = []
     skipped = 0
     for source, stem in zip(files, stems, strict=True):

@@ -38,6 +38,7 @@ from heartvec_trainer import distributed
 from heartvec_trainer.config import TrainConfig, load_config
 from heartvec_trainer.curves import plot_history
 from heartvec_trainer.data import EpochTagged, PreparedShapes, normalization_of, read_split
+from heartvec_trainer.folders import output_folder
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
 from heartvec_trainer.stopping import (
@@ -232,7 +233,7 @@ def _train(
     train_files = read_split(data_dir, "train")
     val_files = read_split(data_dir, "val") if config.val_every > 0 else []
     normalization = normalization_of(train_files)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(run_dir)
     wandb_run = _start_wandb(run_dir, preset, model_config, config) if use_wandb else None
 
     torch.manual_seed(config.seed)
