@@ -8,7 +8,7 @@ DEMO_DIR ?= demo-output
 WEB := services/api/web
 STATIC := services/api/heartvec_api/static
 
-.PHONY: demo test lint typecheck pytest bench clean web browser
+.PHONY: demo test lint typecheck pytest bench clean web browser images images-check container-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,11 +61,34 @@ browser:
 		fi; \
 	fi
 
+# Container images from docker/*.Dockerfile, built and run with buildah (chroot isolation: no Docker
+# engine or container runtime needed). `make images`: localhost/heartvec-{api,worker,trainer}:dev,
+# on bases pulled or, where no registry answers, made here (docker/bases.sh). `make images-check`
+# runs them end to end against this machine's Postgres and Redis (README: Container images).
+images: container-tools
+	bash docker/images.sh
+
+images-check: images
+	bash docker/images-check.sh
+
+# buildah, podman and debootstrap, from Debian's packages when missing (root with apt)
+container-tools:
+	@missing=""; for tool in buildah podman debootstrap; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null \
+			|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null); \
+		else \
+			echo "make images needs$$missing (and root)"; exit 1; \
+		fi; \
+	fi
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/*.Dockerfile
-	$(BIN)/shellcheck .ci/run apptainer/*.sbatch services/trainer/gpu_session.sh bench/gpu_latency.sh
+	$(BIN)/shellcheck -x .ci/run apptainer/*.sbatch docker/*.sh services/trainer/gpu_session.sh bench/gpu_latency.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 	sed 's/!reset //' compose.cpu.yaml | $(BIN)/check-jsonschema --builtin-schema vendor.compose-spec --force-filetype yaml -
 

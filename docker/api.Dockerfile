@@ -2,8 +2,10 @@
 # the reconstruction runs in the worker image, so torch here is the CPU build (~200 MB instead of
 # the ~3 GB CUDA wheels PyPI would pull), installed before the project so pip keeps it.
 # Build from the repository root:  docker build -f docker/api.Dockerfile -t heartvec-api .
+#   --build-arg TORCH_PIP_OPTIONS="..."   where pip finds that torch (default: PyTorch's CPU index)
+#
 # The web page (three.js bundled by esbuild), built in a Node stage; only the bundle is kept.
-FROM node:20-bookworm-slim AS web
+FROM node:24-bookworm-slim AS web
 WORKDIR /build/web
 COPY services/api/web/package.json services/api/web/package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -13,20 +15,31 @@ RUN npm run build
 
 FROM python:3.11-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    VIRTUAL_ENV=/opt/heartvec/venv \
+    PATH=/opt/heartvec/venv/bin:$PATH
 
-RUN pip install --no-compile --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# fcpw's native module (imported with the reconstruction code the API validates with) links libX11.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libx11-6 \
+    && rm -rf /var/lib/apt/lists/*
+
+ARG TORCH_PIP_OPTIONS="--index-url https://download.pytorch.org/whl/cpu"
+# hadolint ignore=DL3013,SC2086
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv "$VIRTUAL_ENV" \
+    && pip install $TORCH_PIP_OPTIONS torch==2.13.0
 
 WORKDIR /opt/heartvec
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
 COPY --from=web /build/heartvec_api/static ./services/api/heartvec_api/static
-RUN pip install --no-compile './[service]' \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install './[service]' \
     && useradd --create-home --uid 1000 heartvec \
     && mkdir -p /data \
     && chown heartvec:heartvec /data
