@@ -24,6 +24,7 @@ chmod 0777 "$work"  # the containers run as uid 1000
 mkdir -m 0777 "$work/storage" "$work/volumes" "$work/prepared" "$work/run"
 containers=()
 pids=()
+api="" worker="" trainer="" probe=""  # working containers' names, set by container()
 
 say() { echo "images-check: $*" >&2; }
 fail() {
@@ -49,11 +50,11 @@ cleanup() {  # the services run in process groups of their own (setsid): end eac
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-container() {  # IMAGE -> a new working container's name
-    local name
-    name=$(buildah from --pull-never "localhost/heartvec-$1:$TAG")
+container() {  # VARIABLE IMAGE: a new working container of the image, named in VARIABLE
+    local name="heartvec-images-check-$$-${#containers[@]}"
+    buildah from --quiet --pull-never --name "$name" "localhost/heartvec-$2:$TAG" >/dev/null
     containers+=("$name")
-    echo "$name"
+    printf -v "$1" '%s' "$name"
 }
 run_in() {  # CONTAINER ARGS... (buildah run options, then -- COMMAND)
     buildah run --isolation chroot "$@"
@@ -81,16 +82,16 @@ service_env=(
     -e "HEARTVEC_LOG_FORMAT=text"
     -v "$work/storage:/data"
 )
-api=$(container api)
+container api api
 setsid buildah run --isolation chroot "${service_env[@]}" "$api" -- \
     heartvec serve --host 127.0.0.1 --port "$port" >"$work/api.log" 2>&1 &
 pids+=($!)
-worker=$(container worker)
+container worker worker
 setsid buildah run --isolation chroot "${service_env[@]}" -e HEARTVEC_DEVICE=cpu "$worker" -- \
     heartvec worker >"$work/worker.log" 2>&1 &
 pids+=($!)
 
-trainer=$(container trainer)
+container trainer trainer
 run_in -v "$work/volumes:/volumes" "$trainer" -- \
     heartvec phantom /volumes --count 2 --seed 9000 --size 96 --spacing 2.5 >"$work/phantom.log" 2>&1 \
     || fail "heartvec phantom in the trainer image"
@@ -148,7 +149,7 @@ fi
 grep -q "error: /prepared: not writable by uid 1000 (owned by uid 0)" "$work/root-owned.log" \
     || fail "prepare into a root-owned folder did not say why it cannot"
 
-probe=$(container trainer)
+container probe trainer
 run_in --user 0:0 "$probe" -- sh -c 'rm -f /usr/lib/x86_64-linux-gnu/libX11.so.6*' \
     || fail "removing libX11 from a throwaway container"
 if run_in "$probe" -- python -c "import heartvec.distance" >"$work/no-x11.log" 2>&1; then

@@ -28,3 +28,5 @@ for name in api worker trainer; do
     size=$(buildah inspect --type image --format '{{.ImageAnnotations}}' "localhost/heartvec-$name:$TAG" >/dev/null 2>&1; podman image inspect --format '{{.Size}}' "localhost/heartvec-$name:$TAG")
     echo "images: localhost/heartvec-$name:$TAG built in $((SECONDS - started)) s ($((size / 1000000)) MB)"
 done
+# each rebuild leaves the previous images untagged (about 2 GB each): remove those
+buildah rmi --prune >/dev/null 2>&1 || true
