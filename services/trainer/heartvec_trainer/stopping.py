@@ -30,15 +30,21 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopSignals:
-    """While entered, SIGTERM and SIGUSR1 record a request to stop instead of ending the process.
+    """While entered, SIGTERM and SIGUSR1 record a request to stop (`received`) instead of
+    ending the process; DataLoader workers started with `worker_init_fn` leave them to it.
 
-    Only the main thread can install handlers; elsewhere (a test calling `train` on a thread)
-    the signals keep their usual effect.
+    torchrun signals a rank's whole process group, SLURM every process of the job step; a
+    DataLoader worker ended by SIGTERM (or by SIGUSR1, whose default is to end the process)
+    makes its parent's DataLoader raise at once, before the step finishes and saves. So the
+    workers ignore both while the parent trains, and SIGTERM ends them again once the parent has
+    left the context, which is how multiprocessing ends persistent workers at its exit. Only the
+    main thread can install handlers; elsewhere the signals keep their usual effect.
     """
 
     def __init__(self) -> None:
         self.received: str | None = None
         self._previous: dict[signal.Signals, object] = {}
+        self._parent_done = multiprocessing.Event()
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -53,25 +59,17 @@ class StopSignals:
     ) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)  # type: ignore[arg-type]
+        self._parent_done.set()
+
+    def __getstate__(self) -> dict[str, object]:
+        """What a spawned worker needs (the parent's handlers may not pickle)."""
+        return {"received": None, "_previous": {}, "_parent_done": self._parent_done}
 
     def _catch(self, number: int, frame: FrameType | None) -> None:
         self.received = signal.Signals(number).name
 
-
-class WorkerSignals:
-    """DataLoader `worker_init_fn` that leaves stopping to the parent process.
-
-    torchrun signals a rank's whole process group, SLURM every process of the job step; a
-    DataLoader worker ended by SIGTERM (or by SIGUSR1, whose default is to end the process)
-    makes its parent's DataLoader raise at once, before the step finishes and saves. The
-    workers ignore both while the parent trains; once `parent_done` is called, SIGTERM ends
-    them again, which is how multiprocessing ends persistent workers at the parent's exit.
-    """
-
-    def __init__(self) -> None:
-        self._parent_done = multiprocessing.Event()
-
-    def __call__(self, worker_id: int) -> None:
+    def worker_init_fn(self, worker_id: int) -> None:
+        """DataLoader `worker_init_fn`: stopping is the parent's (see the class)."""
         parent_done = self._parent_done
 
         def on_signal(number: int, frame: FrameType | None) -> None:
@@ -81,9 +79,6 @@ class WorkerSignals:
 
         for number in STOP_SIGNALS:
             signal.signal(number, on_signal)
-
-    def parent_done(self) -> None:
-        self._parent_done.set()
 
 
 class TrainingClock:

@@ -46,7 +46,6 @@ from heartvec_trainer.stopping import (
     StopCheck,
     StopSignals,
     TrainingClock,
-    WorkerSignals,
 )
 
 
@@ -122,17 +121,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_config = replace(train_config, **_overrides(args))
     runtime = distributed.start(args.device, Settings().dist_backend)
     try:
-        outcome = train(
-            args.data,
-            args.out,
-            preset,
-            model_config,
-            train_config,
-            runtime,
-            args.resume,
-            args.wandb,
-            args.init_from,
-        )
+        with StopSignals() as signals:
+            outcome = train(
+                args.data,
+                args.out,
+                preset,
+                model_config,
+                train_config,
+                runtime,
+                signals,
+                args.resume,
+                args.wandb,
+                args.init_from,
+            )
     finally:
         distributed.stop(runtime)
     return EXIT_INTERRUPTED if outcome.interrupted_by else 0
@@ -190,44 +191,13 @@ def train(
     model_config: ModelConfig,
     config: TrainConfig,
     runtime: distributed.Runtime,
+    signals: StopSignals,
     resume: bool = False,
     use_wandb: bool = False,
     init_from: Path | None = None,
 ) -> Outcome:
-    """Train; SIGTERM and SIGUSR1 stop it after the current step, with a checkpoint."""
-    workers = WorkerSignals()
-    try:
-        with StopSignals() as signals:
-            return _train(
-                data_dir,
-                run_dir,
-                preset,
-                model_config,
-                config,
-                runtime,
-                signals,
-                workers,
-                resume,
-                use_wandb,
-                init_from,
-            )
-    finally:
-        workers.parent_done()
-
-
-def _train(
-    data_dir: Path,
-    run_dir: Path,
-    preset: str,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    runtime: distributed.Runtime,
-    signals: StopSignals,
-    workers: WorkerSignals,
-    resume: bool,
-    use_wandb: bool,
-    init_from: Path | None,
-) -> Outcome:
+    """Train; a stop signal `signals` records (the caller has entered it) ends the run after
+    the current step, with a checkpoint."""
     device = runtime.device
     # every split the run needs is checked before any work: no crash at the first validation
     train_files = read_split(data_dir, "train")
@@ -251,7 +221,7 @@ def _train(
         pin_memory=device.type == "cuda",
         drop_last=len(tagged) >= config.batch_size,
         persistent_workers=config.workers > 0,
-        worker_init_fn=workers,
+        worker_init_fn=signals.worker_init_fn,
     )
     val_shapes = PreparedShapes(val_files, model_config.num_inputs, config, evaluation=True)
     val_loader = DataLoader(
@@ -259,7 +229,7 @@ def _train(
         batch_size=config.batch_size,
         num_workers=config.workers,
         persistent_workers=config.workers > 0,
-        worker_init_fn=workers,
+        worker_init_fn=signals.worker_init_fn,
     )
     batches_per_epoch = len(loader)
     total_steps = math.ceil(batches_per_epoch / config.accumulation) * config.epochs
