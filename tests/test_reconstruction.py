@@ -406,8 +406,22 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
         )  # fmt: skip
     (eager_latents, eager_context, eager), (latents_t, context_t, tensor) = results.values()
     assert eager["step_mode"] == "eager" and tensor["step_mode"] == "tensor"
-    torch.testing.assert_close(context_t, eager_context, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(latents_t, eager_latents, rtol=1e-4, atol=1e-5)
+    # up to rounding, measured against how far the 12 steps moved each tensor: Adam divides by
+    # the root of the squared gradients' average, so rounding in the first steps grows (on one
+    # 2-core CPU with one thread, 1.3e-4 on latents the steps moved by 0.52: 0.03%), while a
+    # wrong step or step size differs by a good part of a step
+    with torch.no_grad():
+        start = {"latents": latents, "context": loaded.model.process(latents)}
+    refined = {"latents": (eager_latents, latents_t), "context": (eager_context, context_t)}
+    for name, (eager_value, tensor_value) in refined.items():
+        moved = (eager_value - start[name]).abs().max().item()
+        torch.testing.assert_close(
+            tensor_value,
+            eager_value,
+            rtol=0,
+            atol=max(1e-5, 1e-3 * moved),
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
     assert tensor["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-5)
     assert tensor["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-4)
     assert eager["loss_last"] < eager["loss_first"]
