@@ -33,18 +33,16 @@ from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
 from heartvec.normalization import Normalization
-from heartvec.reconstruction.grid import SdfGrid
-from heartvec.reconstruction.meshes import label_volume
-from heartvec.reconstruction.metrics import overlaps
-from heartvec.reconstruction.pipeline import (
+from heartvec.reconstruction.decoding import autocast_dtype, decode_autocast, decode_latents
+from heartvec.reconstruction.encoding import (
     LoadedModel,
-    autocast_dtype,
     checkpoint_normalization,
-    decode_autocast,
-    decode_latents,
     encoder_inputs,
     load_model,
 )
+from heartvec.reconstruction.grid import SdfGrid
+from heartvec.reconstruction.meshes import label_volume
+from heartvec.reconstruction.metrics import overlaps
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume

@@ -27,8 +27,14 @@ def main() -> int:
     from heartvec.labels import load_label_table
     from heartvec.phantom import make_phantom
     from heartvec.reconstruction import defaults
+    from heartvec.reconstruction.encoding import load_model
     from heartvec.reconstruction.hostwork import host_pool, wait_for_host_pool
-    from heartvec.reconstruction.pipeline import ReconstructSettings, load_model, reconstruct
+    from heartvec.reconstruction.pipeline import (
+        HOST_POOL_IMPORTS,
+        ReconstructSettings,
+        reconstruct,
+    )
+    from heartvec.reconstruction.refine import RefineSettings
     from heartvec.settings import default_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,10 +50,8 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or default_checkpoint()
-    settings = ReconstructSettings(
-        device=args.device, resolution=args.resolution, refine_steps=args.refine_steps,
-        refine_step_mode=args.refine_step_mode,
-    )  # fmt: skip
+    refine = RefineSettings(steps=args.refine_steps, step_mode=args.refine_step_mode)
+    settings = ReconstructSettings(device=args.device, resolution=args.resolution, refine=refine)
     table = load_label_table("default")
     summary = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -68,7 +72,7 @@ def main() -> int:
             wall = time.perf_counter() - started
             if loaded is None:  # the later runs as a worker's: model and host pool kept
                 loaded = load_model(checkpoint, args.device)
-                host_pool()
+                host_pool(HOST_POOL_IMPORTS)
                 wait_for_host_pool()
             mode = (report["refinement"] or {}).get("step_mode")
             dice = report["summary"]["mean_dice"]

@@ -41,8 +41,9 @@ from benchmarks_md import write_section
 from heartvec.labels import load_label_table
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
 from heartvec.phantom import make_phantom
-from heartvec.reconstruction import pipeline
-from heartvec.reconstruction.pipeline import ReconstructSettings, cpu_has_native_bf16
+from heartvec.reconstruction import decoding, encoding
+from heartvec.reconstruction.decoding import cpu_has_native_bf16
+from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import load_label_volume
@@ -75,20 +76,20 @@ def dense_vs_band(
     surfaces = class_surfaces(volume)
     state = load_checkpoint(checkpoint, map_location=device)
     model = model_from_checkpoint(state).to(device).eval()
-    normalization = pipeline.checkpoint_normalization(state, surfaces)
-    points, labels = pipeline.encoder_inputs(
+    normalization = encoding.checkpoint_normalization(state, surfaces)
+    points, labels = encoding.encoder_inputs(
         model, surfaces, normalization, np.random.default_rng(0)
     )
     truncation = state["train_config"].get("truncation")
     with torch.no_grad():
         latents = model.encode(points.to(device), labels.to(device))
-    dtype = pipeline.autocast_dtype("auto", torch.device(device))  # as `heartvec reconstruct`
+    dtype = decoding.autocast_dtype("auto", torch.device(device))  # as `heartvec reconstruct`
     timings: dict[str, float] = {"bf16": float(dtype is not None)}
     for dense in (False, True):
         _synchronize(device)
         started = time.perf_counter()
-        with pipeline.decode_autocast(dtype, torch.device(device)):
-            grid = pipeline.decode_latents(
+        with decoding.decode_autocast(dtype, torch.device(device)):
+            grid = decoding.decode_latents(
                 model, latents, surfaces, normalization, resolution, truncation, dense=dense
             )
         _synchronize(device)
@@ -141,7 +142,7 @@ def latency_only(checkpoint: Path, device: str, repeats: int, dense: bool = True
             torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
         ),
         "checkpoint": _shown(checkpoint),
-        "default_refine_steps": ReconstructSettings.refine_steps,
+        "default_refine_steps": RefineSettings().steps,
     }
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -243,7 +244,7 @@ def main() -> int:
         "seeds": args.seeds,
     }
     ckpt = ["--checkpoint", str(checkpoint)]
-    default_steps = ReconstructSettings.refine_steps
+    default_steps = RefineSettings().steps
     grid = ["--resolution", str(args.resolution)]
     results["resolution"] = args.resolution
     results["default_refine_steps"] = default_steps

@@ -37,19 +37,17 @@ from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
 from heartvec.reconstruction import defaults
-from heartvec.reconstruction.meshes import label_volume
-from heartvec.reconstruction.metrics import overlaps
-from heartvec.reconstruction.pipeline import (
+from heartvec.reconstruction.decoding import autocast_dtype, decode_autocast, decode_context
+from heartvec.reconstruction.encoding import (
     LoadedModel,
-    ReconstructSettings,
-    autocast_dtype,
     checkpoint_normalization,
-    decode_autocast,
-    decode_context,
     encoder_inputs,
     load_model,
 )
-from heartvec.reconstruction.refine import TARGETS, refine_latents
+from heartvec.reconstruction.meshes import label_volume
+from heartvec.reconstruction.metrics import overlaps
+from heartvec.reconstruction.pipeline import ReconstructSettings
+from heartvec.reconstruction.refine import TARGETS, RefineSettings, refine_latents
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
@@ -130,9 +128,16 @@ def sweep_case(
         record = None
         if steps:
             rng = np.random.default_rng(1)  # the same fit points for every setting
+            setting = RefineSettings(
+                steps=steps,
+                learning_rate=lr,
+                target=target,
+                sign_weight=sign,
+                points_per_step=points,
+                final_lr=final,
+            )
             _, context, record = refine_latents(
-                model, encoded, volume, surfaces, normalization, steps, truncation, rng, lr,
-                target, sign, points, final,
+                model, encoded, volume, surfaces, normalization, truncation, rng, setting
             )  # fmt: skip
         else:
             with torch.no_grad():
@@ -193,9 +198,9 @@ def main() -> int:
         "resolution": args.resolution,
         "seeds": args.seeds,
         "default": {
-            "target": ReconstructSettings.refine_target,
-            "steps": ReconstructSettings.refine_steps,
-            "lr": ReconstructSettings.refine_lr,
+            "target": RefineSettings().target,
+            "steps": RefineSettings().steps,
+            "lr": RefineSettings().learning_rate,
             "sign_weight": defaults.REFINE_SIGN_WEIGHT,
             "points_per_step": defaults.REFINE_POINTS,
             "final_lr": defaults.REFINE_FINAL_LR,

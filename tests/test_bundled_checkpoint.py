@@ -73,9 +73,9 @@ def test_band_decoding_matches_the_dense_grid(small_phantom: Path) -> None:
     import numpy as np
 
     from heartvec.labels import load_label_table
-    from heartvec.reconstruction.pipeline import (
+    from heartvec.reconstruction.decoding import decode_latents
+    from heartvec.reconstruction.encoding import (
         checkpoint_normalization,
-        decode_latents,
         encoder_inputs,
         load_model,
     )

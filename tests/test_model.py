@@ -133,7 +133,7 @@ def test_fused_cpu_inference_matches_the_plain_modules() -> None:
     with autograd on, the plain modules. Both give the same SDF, on the bundled checkpoint's
     weights (the `small` preset) and a random context."""
     from heartvec.model import layers
-    from heartvec.reconstruction.pipeline import load_model
+    from heartvec.reconstruction.encoding import load_model
     from heartvec.settings import default_checkpoint
 
     model = load_model(default_checkpoint(), "cpu").model

@@ -19,6 +19,7 @@ from heartvec.model.checkpoint import load_checkpoint
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.export import write_label_volume
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
+from heartvec.reconstruction.refine import RefineSettings
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -164,12 +165,12 @@ def test_refinement_fits_an_unseen_heart(
                  "--spacing", "2.2"]) == 0  # fmt: skip
     unseen = tmp_path / "phantom_s0004.nii.gz"
     table = load_label_table("default")
-    plain = reconstruct(unseen, tmp_path / "plain", table, checkpoint,
-                        ReconstructSettings(resolution=48, refine_steps=0))  # fmt: skip
+    no_refinement = ReconstructSettings(resolution=48, refine=RefineSettings(steps=0))
+    plain = reconstruct(unseen, tmp_path / "plain", table, checkpoint, no_refinement)
+    refine = RefineSettings(steps=40, target=target, learning_rate=LEARNING_RATES[target],
+                            sign_weight=sign_weight)  # fmt: skip
     report = reconstruct(unseen, tmp_path / "refined", table, checkpoint,
-                         ReconstructSettings(resolution=48, refine_steps=40, refine_target=target,
-                                             refine_lr=LEARNING_RATES[target],
-                                             refine_sign_weight=sign_weight))  # fmt: skip
+                         ReconstructSettings(resolution=48, refine=refine))  # fmt: skip
     refinement = report["refinement"]
     assert refinement["steps"] == 40 and refinement["target"] == target
     assert refinement["sign_weight"] == sign_weight
@@ -201,7 +202,7 @@ def test_refinement_step_size_follows_a_cosine_to_its_final_fraction() -> None:
 
 def test_refinement_rejects_an_unknown_target() -> None:
     with pytest.raises(ValueError, match="refinement target 'weights'"):
-        ReconstructSettings(refine_target="weights")
+        RefineSettings(target="weights")
 
 
 def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
@@ -216,7 +217,7 @@ def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
     table = load_label_table("default")
     # without refinement: its hundreds of steps amplify float16's last bits in the tiny model's thin
     # veins (0.022 Dice apart at resolution 48); the weights are what the export changes
-    settings = ReconstructSettings(resolution=48, refine_steps=0)
+    settings = ReconstructSettings(resolution=48, refine=RefineSettings(steps=0))
     full = reconstruct(phantom, tmp_path / "full", table, checkpoint, settings)
     half = reconstruct(phantom, tmp_path / "half", table, exported, settings)
     for name, row in full["classes"].items():
@@ -232,7 +233,9 @@ def test_bf16_decoding_matches_fp32(trained: tuple[Path, Path], tmp_path: Path) 
     phantom, checkpoint = trained
     reports = {}
     for precision in ("fp32", "bf16"):
-        settings = ReconstructSettings(resolution=64, refine_steps=0, precision=precision)
+        settings = ReconstructSettings(
+            resolution=64, refine=RefineSettings(steps=0), precision=precision
+        )
         table = load_label_table("default")
         reports[precision] = reconstruct(phantom, tmp_path / precision, table, checkpoint, settings)
     assert reports["fp32"]["precision"] == "fp32" and reports["bf16"]["precision"] == "bf16"
@@ -244,9 +247,9 @@ def test_bf16_decoding_matches_fp32(trained: tuple[Path, Path], tmp_path: Path) 
 
 
 def test_refinement_adam_is_torch_adam() -> None:
-    """refine.Adam (kept out of torch.optim for its import time) takes torch.optim.Adam's
+    """refine_steps.Adam (kept out of torch.optim for its import time) takes torch.optim.Adam's
     steps on a badly scaled quadratic."""
-    from heartvec.reconstruction.refine import Adam
+    from heartvec.reconstruction.refine_steps import Adam
 
     scale = torch.tensor([[1.0, 30.0, 0.01]])
     ours = torch.tensor([[1.0, -2.0, 3.0]], requires_grad=True)
@@ -292,8 +295,8 @@ def test_dense_decoding_on_the_device_gives_the_grids_values() -> None:
     chunk size."""
     from heartvec.model.config import MODEL_PRESETS
     from heartvec.model.vecset import VecSetAutoencoder
+    from heartvec.reconstruction.decoding import decode_dense
     from heartvec.reconstruction.grid import decode_grid, negative_extent
-    from heartvec.reconstruction.pipeline import decode_dense
 
     torch.manual_seed(0)
     model = VecSetAutoencoder(MODEL_PRESETS["tiny"]).eval()
@@ -329,11 +332,12 @@ def test_host_pool_gives_the_inline_result(
     outputs are those of the inline run, byte for byte; a pool that was shut down under a job
     leaves it to run inline."""
     from heartvec.reconstruction import hostwork
-    from heartvec.reconstruction.pipeline import load_model
+    from heartvec.reconstruction.contours import preview_slices
+    from heartvec.reconstruction.encoding import load_model
 
     phantom, checkpoint = trained
     table = load_label_table("default")
-    settings = ReconstructSettings(resolution=48, refine_steps=10, min_piece=0.05)
+    settings = ReconstructSettings(resolution=48, refine=RefineSettings(steps=10), min_piece=0.05)
     model = load_model(checkpoint)
     reports = {}
     for workers in ("0", "2"):
@@ -359,9 +363,7 @@ def test_host_pool_gives_the_inline_result(
     pool = hostwork.host_pool()
     assert pool is not None
     hostwork.shutdown_host_pool()
-    late = hostwork.Deferred(
-        hostwork.preview_slices, (np.ones((3, 3, 3)), np.zeros((3, 3, 3))), pool
-    )
+    late = hostwork.Deferred(preview_slices, (np.ones((3, 3, 3)), np.zeros((3, 3, 3))), pool)
     assert late.future is None and late.result()["axis 0"][0].shape == (3, 3)
     assert hostwork.host_pool() is not pool  # a new one
     hostwork.shutdown_host_pool()
@@ -376,13 +378,13 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
     """The step whose state lives on the device (what a GPU captures as a CUDA graph and
     replays) takes the eager loop's steps: the same draws, Adam update and step sizes (a cosine
     here), so the same refined tensor and losses, up to float rounding."""
-    from heartvec.reconstruction.hostwork import RefinementTargets
-    from heartvec.reconstruction.pipeline import (
+    from heartvec.reconstruction.encoding import (
         checkpoint_normalization,
         encoder_inputs,
         load_model,
     )
-    from heartvec.reconstruction.refine import POINTS, refine_latents
+    from heartvec.reconstruction.refine import refine_latents
+    from heartvec.reconstruction.refine_targets import POINTS, RefinementTargets
     from heartvec.surfaces import class_surfaces
     from heartvec.volume import load_label_volume
 
@@ -399,10 +401,11 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
 
     results = {}
     for mode in ("eager", "tensor"):
+        refine = RefineSettings(steps=12, learning_rate=LEARNING_RATES[target], target=target,
+                                final_lr=0.2, step_mode=mode)  # fmt: skip
         results[mode] = refine_latents(
-            loaded.model, latents, volume, surfaces, normalization, 12, 0.1,
-            np.random.default_rng(1), LEARNING_RATES[target], target, final_lr=0.2,
-            targets=targets, step_mode=mode,
+            loaded.model, latents, volume, surfaces, normalization, 0.1,
+            np.random.default_rng(1), refine, targets,
         )  # fmt: skip
     (eager_latents, eager_context, eager), (latents_t, context_t, tensor) = results.values()
     assert eager["step_mode"] == "eager" and tensor["step_mode"] == "tensor"

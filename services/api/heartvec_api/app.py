@@ -64,7 +64,7 @@ def _embedded_worker(settings: Settings, store: JobStore, storage: LocalStorage)
     mode, so the Celery-mode API starts quickly and needs no GPU libraries)."""
     from heartvec.jobs.embedded import EmbeddedWorker
     from heartvec.jobs.runner import JobLimits, resolve_device
-    from heartvec.reconstruction.pipeline import load_model
+    from heartvec.reconstruction.encoding import load_model
 
     device = resolve_device(settings.device)
     worker = EmbeddedWorker(

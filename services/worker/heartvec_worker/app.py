@@ -29,8 +29,9 @@ from heartvec.jobs.runner import JobLimits, resolve_device, run_job
 from heartvec.jobs.storage import LocalStorage
 from heartvec.jobs.store import JobStore
 from heartvec.logs import configure_logging, current_job
+from heartvec.reconstruction.encoding import LoadedModel, load_model
 from heartvec.reconstruction.hostwork import host_pool, shutdown_host_pool
-from heartvec.reconstruction.pipeline import LoadedModel, load_model
+from heartvec.reconstruction.pipeline import HOST_POOL_IMPORTS
 from heartvec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class _Process:
             device = resolve_device(settings.device)
             self.model = load_model(settings.checkpoint, device)
             log.info("model %s loaded on %s", settings.checkpoint.name, device)
-            host_pool()  # on a host of many cores its workers start now, before the first job
+            host_pool(HOST_POOL_IMPORTS)  # on a host of many cores: its workers start now
         return self.store, self.storage, self.model
 
 

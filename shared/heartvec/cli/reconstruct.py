@@ -11,8 +11,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
-from heartvec.reconstruction.pipeline import PRECISIONS, STAGES, ReconstructSettings, reconstruct
+from heartvec.reconstruction.decoding import PRECISIONS
+from heartvec.reconstruction.options import ReconstructOptions
+from heartvec.reconstruction.pipeline import STAGES, ReconstructSettings, reconstruct
+from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import default_checkpoint
+
+OPTIONS = ReconstructOptions.model_fields
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,11 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="model checkpoint (default: $HEARTVEC_CHECKPOINT or the bundled one)",
     )
+    low, high = ReconstructOptions.bounds("resolution")
     parser.add_argument(
         "--resolution",
         type=int,
-        default=ReconstructSettings.resolution,
-        help="grid points along the heart's longest side, 32..512 (default 256)",
+        default=OPTIONS["resolution"].default,
+        help=f"grid points along the heart's longest side, {low}..{high} (default %(default)s)",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
@@ -45,17 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), "
         "else fp32",
     )
+    low, high = ReconstructOptions.bounds("refine_steps")
     parser.add_argument(
         "--refine-steps",
         type=int,
-        default=ReconstructSettings.refine_steps,
-        help="latent refinement steps fitting the input itself (default %(default)s; 0: the "
-        "encoder's latents as they are)",
+        default=OPTIONS["refine_steps"].default,
+        help=f"latent refinement steps fitting the input itself, {low}..{high} (default "
+        "%(default)s; 0: the encoder's latents as they are)",
     )
     parser.add_argument(
         "--min-piece",
         type=float,
-        default=ReconstructSettings.min_piece,
+        default=ReconstructSettings().min_piece,
         help="drop the pieces of a class smaller than this fraction of its largest piece "
         "(stray pieces far from the heart; default %(default)s; 0: keep all)",
     )
@@ -65,11 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 32 <= args.resolution <= 512 or args.refine_steps < 0:
-        parser.error("need 32 <= --resolution <= 512 and --refine-steps >= 0")
-    settings = ReconstructSettings(
+    settings = ReconstructSettings(  # checks the options' ranges (InputError: exit 2)
         resolution=args.resolution,
-        refine_steps=args.refine_steps,
+        refine=RefineSettings(steps=args.refine_steps),
         device=args.device,
         precision=args.precision,
         min_piece=args.min_piece,

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from heartvec.jobs.runner import JobLimits, run_job
 from heartvec.jobs.storage import Storage
 from heartvec.jobs.store import JobStore
+from heartvec.reconstruction.encoding import LoadedModel
 from heartvec.reconstruction.hostwork import host_pool
-from heartvec.reconstruction.pipeline import LoadedModel
+from heartvec.reconstruction.pipeline import HOST_POOL_IMPORTS
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class EmbeddedWorker(threading.Thread):
 
     def run(self) -> None:
         model = self.load_model()
-        host_pool()  # on a host of many cores its workers start now, before the first job
+        host_pool(HOST_POOL_IMPORTS)  # on a host of many cores: its workers start now
         while (job_id := self.jobs.get()) != _STOP:
             try:
                 run_job(job_id, self.store, self.storage, model, "embedded", self.limits)

@@ -22,7 +22,10 @@ from heartvec.jobs.storage import Storage
 from heartvec.jobs.store import JobStore, LeaseLost
 from heartvec.labels import load_label_table
 from heartvec.logs import current_job, job_context
-from heartvec.reconstruction.pipeline import LoadedModel, ReconstructSettings, reconstruct
+from heartvec.reconstruction.encoding import LoadedModel
+from heartvec.reconstruction.options import ReconstructOptions
+from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
+from heartvec.reconstruction.refine import RefineSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,19 +153,19 @@ def _run_claimed(
                 f"time limit of {limits.time_limit_s:g} s exceeded (before stage {stage})"
             )
 
-    options = job.options
     try:
+        options = ReconstructOptions.parse(job.options, f"job {job_id}'s options")
         report = reconstruct(
             storage.input_path(job_id, job.input["suffix"]),
             work_dir,
-            load_label_table(options["labels"]),
+            load_label_table(options.labels),
             model,
             ReconstructSettings(
-                resolution=options["resolution"],
-                refine_steps=options["refine_steps"],
+                resolution=options.resolution,
+                refine=RefineSettings(steps=options.refine_steps),
                 device=str(model.device),
             ),
-            options["ignore_unknown_labels"],
+            options.ignore_unknown_labels,
             progress,
         )
         results = storage.publish_results(job_id, work_dir)

@@ -1,5 +1,6 @@
-"""The input's class contours on three orthogonal slices through the heart's centre, in world
-millimetres (`slices.json`: the web viewer draws them over the reconstructed meshes)."""
+"""The input's three orthogonal slices through the heart's centre: its class contours in world
+millimetres (`slices.json`: the web viewer draws them over the reconstructed meshes), and the
+slices of both label volumes that the preview picture shows."""
 
 from __future__ import annotations
 
@@ -33,3 +34,17 @@ def slice_contours(volume: LabelVolume) -> dict[str, Any]:
             outlines[str(int(class_index))] = lines
         slices.append({"axis": axis, "index": int(centre[axis]), "classes": outlines})
     return {"slices": slices}
+
+
+Slices = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Title -> (input labels, reconstructed labels) on one slice."""
+
+
+def preview_slices(labels: np.ndarray, reconstructed: np.ndarray) -> Slices:
+    """The three orthogonal slices of both label volumes through the input heart's centre."""
+    centre = np.round(np.argwhere(labels > 0).mean(axis=0)).astype(int)
+    return {
+        "axis 0": (labels[centre[0]], reconstructed[centre[0]]),
+        "axis 1": (labels[:, centre[1]], reconstructed[:, centre[1]]),
+        "axis 2": (labels[:, :, centre[2]], reconstructed[:, :, centre[2]]),
+    }

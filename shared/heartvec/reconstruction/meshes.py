@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from scipy.ndimage import affine_transform
 
 from heartvec.normalization import Normalization
+from heartvec.reconstruction.class_mesh import class_mesh
 from heartvec.reconstruction.grid import SdfGrid
-from heartvec.reconstruction.hostwork import class_mesh, run_all
+from heartvec.reconstruction.hostwork import run_all
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
@@ -40,7 +41,7 @@ def class_meshes(
     """One closed mesh per class whose SDF goes negative somewhere, in world millimetres, after
     dropping each class's stray pieces; returns (meshes, {class index: pieces dropped} for the
     classes that lost any). A class per process of `pool` if given (`hostwork.host_pool`;
-    marching cubes and the labelling hold the GIL: `hostwork.class_mesh`), else one by one.
+    marching cubes and the labelling hold the GIL: `class_mesh.class_mesh`), else one by one.
 
     Stray pieces: those of a class's inside (26-connected negative grid points) smaller than
     `min_fraction` of its largest piece; their points are set a small distance above zero in

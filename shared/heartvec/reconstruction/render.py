@@ -1,18 +1,19 @@
-"""The pictures of a reconstruction: input vs reconstruction on three slices, and the meshes."""
+"""The pictures of a reconstruction: input vs reconstruction on three slices, and the meshes.
+
+matplotlib is imported where the preview is drawn, not with this module: a reconstruction
+imports it at its start, and matplotlib's own import takes a good part of a second.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
+from heartvec.reconstruction.contours import Slices
 from heartvec.reconstruction.export import class_colour
-from heartvec.reconstruction.hostwork import Slices, preview_slices
 from heartvec.surfaces import Surface
-from heartvec.volume import LabelVolume
 
 RENDER_PIXELS = 360  # width and height of the meshes' rendering
 ANTERIOR_VIEW = (0.2, 1.2, 0.3)  # towards the camera, RAS+: the web viewer's starting view
@@ -91,18 +92,14 @@ def _edge_length(surface: Surface) -> float:
     return float(np.median(np.linalg.norm(corners[:, 1] - corners[:, 0], axis=1)))
 
 
-def render_preview(
-    volume: LabelVolume, reconstructed: np.ndarray, meshes: dict[int, Surface], path: Path
-) -> None:
-    """Three slices through the heart's centre (input labels filled, reconstruction outlined)
-    and a shaded view of the class meshes (`render_meshes`), as one PNG."""
-    draw_preview(preview_slices(volume.classes, reconstructed), meshes, path)
+def draw_preview(slices: Slices, meshes: dict[int, Surface], path: str | Path) -> None:
+    """Three slices through the heart's centre (`contours.preview_slices`: input labels filled,
+    reconstruction outlined) and a shaded view of the class meshes (`render_meshes`), as one
+    PNG: what the pipeline hands to a thread or a host-pool process while it writes the files
+    and computes the report. A `Figure` of its own, outside pyplot's global state."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
 
-
-def draw_preview(slices: Slices, meshes: dict[int, Surface], path: Path) -> None:
-    """`render_preview` from the slices (`preview_slices`): what the pipeline hands to its
-    preview's thread or process while it writes the files and computes the report. A `Figure`
-    of its own, outside pyplot's global state."""
     figure = Figure(figsize=(16, 4.4), constrained_layout=True)
     colours = ListedColormap(["white", *(f"C{i}" for i in range(10))])
     for position, (title, (truth, guess)) in enumerate(slices.items()):

@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from heartvec.jobs.models import FINISHED, JobStatus, new_job_id
-from heartvec.labels import BUILTIN_TABLES, load_label_table
+from heartvec.labels import load_label_table
 from heartvec.logs import current_job
-from heartvec.reconstruction import defaults
+from heartvec.reconstruction.options import ReconstructOptions
 from heartvec.volume import scan_label_file
 from heartvec_api.deps import ServicesDep, require_api_key
 from heartvec_api.schemas import JobList, JobPublic
@@ -23,12 +23,8 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
 
-OPTION_DEFAULTS: dict[str, Any] = {
-    "labels": "default",
-    "ignore_unknown_labels": False,
-    "resolution": defaults.RESOLUTION,
-    "refine_steps": defaults.REFINE_STEPS,
-}
+# the upload is parsed as it streams (`receive_upload`), so its schema is written here: the
+# file, and the options' own schema
 _UPLOAD_SCHEMA = {
     "required": True,
     "content": {
@@ -38,10 +34,7 @@ _UPLOAD_SCHEMA = {
                 "required": ["file"],
                 "properties": {
                     "file": {"type": "string", "format": "binary"},
-                    "labels": {"type": "string", "enum": sorted(BUILTIN_TABLES)},
-                    "ignore_unknown_labels": {"type": "boolean"},
-                    "resolution": {"type": "integer", "minimum": 32, "maximum": 512},
-                    "refine_steps": {"type": "integer", "minimum": 0, "maximum": 1000},
+                    **ReconstructOptions.model_json_schema()["properties"],
                 },
             }
         }
@@ -74,7 +67,7 @@ async def create_reconstruction(
     except UploadRejected as e:
         raise HTTPException(e.status, e.detail) from e
     try:
-        options = _options(upload.fields)
+        options = ReconstructOptions.parse(upload.fields, "form")
         named = upload.staged.with_name(upload.staged.name + upload.suffix)
         upload.staged = upload.staged.rename(named)
         input_info = await run_in_threadpool(
@@ -86,7 +79,7 @@ async def create_reconstruction(
     job_id = new_job_id()
     storage.accept_input(job_id, upload.staged, upload.suffix)
     job, created = await run_in_threadpool(
-        store.create, job_id, options, input_info, idempotency_key
+        store.create, job_id, options.model_dump(), input_info, idempotency_key
     )
     if not created:
         storage.input_path(job_id, upload.suffix).unlink(missing_ok=True)
@@ -160,35 +153,7 @@ def _accepted(job: JobPublic, replayed: bool = False) -> JSONResponse:
     return JSONResponse(job.model_dump(mode="json"), status_code=202, headers=headers)
 
 
-def _options(fields: dict[str, str]) -> dict[str, Any]:
-    """The job's options from the form fields (422 naming the bad field)."""
-    unknown = sorted(set(fields) - set(OPTION_DEFAULTS))
-    if unknown:
-        raise HTTPException(
-            422, f"unknown form fields {unknown}; expected 'file' and {sorted(OPTION_DEFAULTS)}"
-        )
-    options = dict(OPTION_DEFAULTS)
-    if "labels" in fields:
-        if fields["labels"] not in BUILTIN_TABLES:
-            raise HTTPException(
-                422, f"labels {fields['labels']!r}: expected one of {sorted(BUILTIN_TABLES)}"
-            )
-        options["labels"] = fields["labels"]
-    if "ignore_unknown_labels" in fields:
-        flag = fields["ignore_unknown_labels"].strip().lower()
-        if flag not in ("true", "false", "1", "0"):
-            raise HTTPException(422, f"ignore_unknown_labels {flag!r}: expected true or false")
-        options["ignore_unknown_labels"] = flag in ("true", "1")
-    for name, low, high in (("resolution", 32, 512), ("refine_steps", 0, 1000)):
-        if name in fields:
-            text = fields[name].strip()
-            if not text.isdigit() or not low <= int(text) <= high:
-                raise HTTPException(422, f"{name} {text!r}: expected an integer in {low}..{high}")
-            options[name] = int(text)
-    return options
-
-
-def _check_volume(upload: Upload, options: dict[str, Any], max_voxels: int) -> dict[str, Any]:
+def _check_volume(upload: Upload, options: ReconstructOptions, max_voxels: int) -> dict[str, Any]:
     """Validate the staged upload (content, header, labels) without loading it whole.
 
     Raises:
@@ -199,8 +164,8 @@ def _check_volume(upload: Upload, options: dict[str, Any], max_voxels: int) -> d
         raise HTTPException(415, "not a NIfTI file (.nii or .nii.gz)")
     image, counts = scan_label_file(
         upload.staged,
-        load_label_table(options["labels"]),
-        options["ignore_unknown_labels"],
+        load_label_table(options.labels),
+        options.ignore_unknown_labels,
         max_voxels,
     )
     zooms = image.header.get_zooms()[:3]

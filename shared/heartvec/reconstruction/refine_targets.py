@@ -1,0 +1,97 @@
+"""The refinement's fit data: surface points with classes, and near-surface and volume points
+with the exact per-class SDF, drawn from the input. No torch here: each class's distances are
+a job a host-pool process can take (`hostwork`) while the device encodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+
+from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
+from heartvec.normalization import Normalization
+from heartvec.reconstruction.hostwork import Deferred
+from heartvec.resources import available_cpus
+from heartvec.samples import ABSENT_SDF, near_surface_points, sample_surfaces
+from heartvec.surfaces import Surface
+from heartvec.volume import LabelVolume
+
+POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
+TARGET_MARGIN = 0.05  # normalized units of room around the surfaces for the volume points
+
+
+def class_signed_distance(
+    surface: Surface, points: np.ndarray, inside: np.ndarray, band_mm: float
+) -> np.ndarray:
+    """`distance.signed_distance` of world points to one class surface (a job per class)."""
+    return signed_distance(SurfaceDistance(surface), points, inside, band_mm)
+
+
+class RefinementTargets:
+    """2 x `points` surface points with classes, and `points` near-surface + `points` volume
+    points in [low, high] with the exact per-class SDF, normalized; drawn from a generator
+    seeded with `seed`.
+
+    The points are drawn here; each class's exact distances are a job of `pool` (a class per
+    worker), else of threads of its own (fcpw's queries release the GIL), started at once and
+    waited for when `result` asks."""
+
+    def __init__(
+        self,
+        volume: LabelVolume,
+        surfaces: dict[int, Surface],
+        normalization: Normalization,
+        low: np.ndarray,
+        high: np.ndarray,
+        points: int,
+        seed: int | Sequence[int],
+        pool: ProcessPoolExecutor | None = None,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        world, self.labels, _ = sample_surfaces(surfaces, 2 * points, rng)
+        self.surface = normalization.to_normalized(world)
+        near = near_surface_points(self.surface, points, (0.005, 0.05), rng)
+        box = rng.uniform(low, high, size=(points, 3))
+        self.queries = np.concatenate([near, box])
+        self.order = spatial_order(self.queries)
+        world_queries = normalization.to_world(self.queries[self.order])
+        nearest_class = volume.class_at(world_queries)
+        self.num_classes, self.scale = volume.label_table.num_classes, normalization.scale
+        band = volume.half_voxel_diagonal_mm
+        threads = None
+        if pool is None:
+            threads = ThreadPoolExecutor(max(1, min(len(surfaces), available_cpus())))
+        self.distances = {
+            class_index: Deferred(
+                class_signed_distance,
+                (surface, world_queries, nearest_class == class_index, band),
+                pool or threads,
+            )
+            for class_index, surface in surfaces.items()
+        }
+        if threads is not None:
+            threads.shutdown(wait=False)  # its threads end when the jobs are done
+
+    def result(self) -> dict[str, np.ndarray]:
+        """{"surface": (2P, 3), "labels": (2P,), "queries": (2P, 3), "sdf": (2P, C)}."""
+        sdf = np.full((len(self.queries), self.num_classes), ABSENT_SDF, dtype=np.float32)
+        for class_index, distance in self.distances.items():
+            sdf[self.order, class_index - 1] = distance.result() / self.scale
+        return {"surface": self.surface, "labels": self.labels, "queries": self.queries, "sdf": sdf}
+
+
+def start_targets(
+    volume: LabelVolume,
+    surfaces: dict[int, Surface],
+    normalization: Normalization,
+    seed: int | Sequence[int],
+    pool: ProcessPoolExecutor | None = None,
+) -> RefinementTargets:
+    """The refinement's targets (POINTS of each kind) around the input's surfaces, their
+    distances started at once: on `pool` (the pipeline's host pool), else on threads."""
+    low, high = normalization.bounds(surfaces)
+    room = TARGET_MARGIN
+    return RefinementTargets(
+        volume, surfaces, normalization, low - room, high + room, POINTS, seed, pool
+    )
