@@ -22,7 +22,6 @@ import datetime
 import platform
 import re
 import secrets
-import sys
 import tempfile
 import threading
 import time
@@ -37,15 +36,14 @@ import numpy as np
 from benchmarks_md import write_section
 
 from heartvec.phantom import make_phantom
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test harness starts the real processes
-from service_harness import (  # noqa: E402
+from heartvec_testing.services import (  # the tests' harness: it starts the real processes
     FAST_RECOVERY,
     Service,
     postgres_database,
     wait_for,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 QUICK = {"resolution": 40, "refine_steps": 0}
 

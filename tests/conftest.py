@@ -1,4 +1,5 @@
-"""Shared fixtures: phantoms made by the project itself, and the real heart from ../shared."""
+"""Shared fixtures: phantoms made by the project itself, the real heart from ../shared, and the
+command line run in-process. Helpers the tests import live in `heartvec_testing`."""
 
 from __future__ import annotations
 
@@ -16,29 +17,16 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _threads = max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from heartvec.cli import main as heartvec_main
 from heartvec.phantom import make_phantom
+from heartvec_testing.volumes import REAL_HEART, SMALL_SIZE, SMALL_SPACING, write_nifti
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # were torch imported already
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"
-
-# small enough for fast tests, fine enough that the thinnest vessels stay several voxels wide
-SMALL_SIZE, SMALL_SPACING = 112, 1.8
-
-
-def write_nifti(path: Path, labels: np.ndarray, affine: np.ndarray) -> Path:
-    image = nib.Nifti1Image(labels, affine)
-    nib.save(image, path)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_harness import Service, postgres_database, redis_database
+
+from heartvec_testing.services import Service, postgres_database, redis_database
 
 pytestmark = pytest.mark.slow
 

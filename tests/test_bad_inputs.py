@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_inputs import AFFINE, BAD_INPUTS, _blob
-from conftest import write_nifti
 
 from heartvec.errors import InputError
 from heartvec.labels import load_label_table
 from heartvec.volume import load_label_volume, scan_label_file
+from heartvec_testing.bad_inputs import AFFINE, BAD_INPUTS, blob
+from heartvec_testing.volumes import write_nifti
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -70,7 +70,7 @@ def test_prepare_single_bad_file_exits_2(case: str, tmp_path: Path, run_cli: CLI
 def test_prepare_batch_goes_on_past_every_bad_file(tmp_path: Path, run_cli: CLI) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    good = [write_nifti(inputs / f"good_{i}.nii.gz", _blob() * (i + 1), AFFINE) for i in range(2)]
+    good = [write_nifti(inputs / f"good_{i}.nii.gz", blob() * (i + 1), AFFINE) for i in range(2)]
     bad = [make(inputs) for make, _ in BAD_INPUTS.values()]
     small = ["--surface-points", "500", "--vol-points", "500", "--near-points", "500"]
     status, out, err = run_cli("prepare", *good, *bad, "--out", tmp_path / "out", *small)
@@ -90,19 +90,19 @@ def test_unknown_labels_can_be_ignored(tmp_path: Path, run_cli: CLI) -> None:
 
 
 def test_float_labels_holding_integers_are_accepted(tmp_path: Path) -> None:
-    path = write_nifti(tmp_path / "float.nii.gz", _blob().astype(np.float32) * 3, AFFINE)
+    path = write_nifti(tmp_path / "float.nii.gz", blob().astype(np.float32) * 3, AFFINE)
     volume = load_label_volume(path, load_label_table("default"))
     assert volume.label_counts[3] == 12**3
     assert set(np.unique(volume.classes)) == {0, 3}
 
 
 def test_trailing_singleton_dimension_is_a_3d_volume(tmp_path: Path) -> None:
-    path = write_nifti(tmp_path / "singleton.nii.gz", _blob()[..., None], AFFINE)
+    path = write_nifti(tmp_path / "singleton.nii.gz", blob()[..., None], AFFINE)
     assert load_label_volume(path, load_label_table("default")).shape == (24, 24, 24)
 
 
 def test_raw_mmwhs_codes_map_to_classes(tmp_path: Path) -> None:
-    labels = _blob()
+    labels = blob()
     labels[labels == 1] = 500  # MM-WHS raw code of the left ventricle
     labels[2:5, 2:5, 2:5] = 205  # and of the myocardium
     path = write_nifti(tmp_path / "raw.nii.gz", labels, AFFINE)

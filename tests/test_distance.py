@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from geometry_reference import point_triangles_distance
-from test_samples import _winding
 
 from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.labels import load_label_table
 from heartvec.surfaces import class_surface
 from heartvec.volume import LabelVolume
+from heartvec_testing.geometry import point_triangles_distance, winding_number
 
 
 def l_shaped_volume() -> LabelVolume:
@@ -53,7 +52,7 @@ def test_signed_distance_near_concave_and_convex_features() -> None:
     )
     exact = np.array([point_triangles_distance(p, surface.triangles()).min() for p in points])
     np.testing.assert_allclose(np.abs(distance), exact, atol=1e-4)
-    inside = _winding(surface, points) > 0.5
+    inside = winding_number(surface, points) > 0.5
     decided = exact > 1e-3  # on the surface itself either sign is right
     assert np.array_equal((distance < 0)[decided], inside[decided])
     assert 0.3 < inside.mean() < 0.7

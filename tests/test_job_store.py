@@ -11,13 +11,13 @@ from pathlib import Path
 from types import EllipsisType
 
 import pytest
-from service_harness import postgres_database
 from sqlalchemy import update
 
 from heartvec.jobs.database import make_engine, migrate
 from heartvec.jobs.models import Job, JobStatus, new_job_id, utcnow
 from heartvec.jobs.runner import _Heartbeat
 from heartvec.jobs.store import JobStore, LeaseLost
+from heartvec_testing.services import postgres_database
 
 OPTIONS = {"labels": "default", "ignore_unknown_labels": False, "resolution": 64,
            "refine_steps": 0}  # fmt: skip

@@ -20,18 +20,19 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
 
-from heartvec.cli import SUBCOMMANDS
+from heartvec.cli import commands, summary
 from heartvec.settings import Settings
+from heartvec_testing.volumes import REPO
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
 
 
 def parse_heartvec(argv: list[str]) -> None:
     """Parse `heartvec SUBCOMMAND ...` with the subcommand's own parser (SystemExit if bad)."""
-    assert argv[0] in SUBCOMMANDS, argv
-    module = import_module(SUBCOMMANDS[argv[0]][0])
+    registered = commands()
+    assert argv[0] in registered, argv
+    module = import_module(registered[argv[0]].module)
     module.build_parser().parse_args(argv[1:])
 
 
@@ -166,7 +167,7 @@ def test_compose_services_run_real_commands() -> None:
     for name, service in built.items():
         assert (REPO / service["build"]["dockerfile"]).is_file(), name
         argv = service_command(service)
-        assert argv[0] in set(SUBCOMMANDS), (name, argv)
+        assert argv[0] in commands(), (name, argv)
         parse_heartvec(argv)
     assert service_command(built["api"])[0] == "serve"
     assert service_command(built["worker"]) == ["worker"]
@@ -285,3 +286,24 @@ def test_console_script_passes_the_status_and_flushes_its_output() -> None:
     assert done.returncode == 0 and done.stdout.rstrip().endswith("pulmonary_veins"), done
     bad = subprocess.run([heartvec, "no-such-tool"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown subcommand 'no-such-tool'" in bad.stderr
+
+
+SERVICE_PACKAGES = ("heartvec_api", "heartvec_trainer", "heartvec_worker")
+
+
+def test_shared_names_no_service_and_tests_import_no_conftest() -> None:
+    """Layering: `shared/` never depends on `services/` (the services register their commands
+    from their side), and the tests' helpers are a package, not conftest."""
+    for path in (REPO / "shared").rglob("*.py"):
+        text = path.read_text()
+        assert not [p for p in SERVICE_PACKAGES if p in text], path
+    for path in (REPO / "tests").glob("*.py"):
+        assert not re.search(r"^\s*(from|import) conftest\b", path.read_text(), re.M), path
+
+
+def test_every_registered_command_has_a_summary_and_a_parser() -> None:
+    registered = commands()
+    assert {"phantom", "prepare", "train", "reconstruct", "serve", "worker"} <= set(registered)
+    for name, entry in registered.items():
+        assert len(summary(entry)) > 10, name
+        assert entry.attr == "main", name

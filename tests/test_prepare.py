@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_SIZE, SMALL_SPACING
 
 from heartvec.cli.phantom import phantom_path
+from heartvec_testing.volumes import REPO, SMALL_SIZE, SMALL_SPACING
 from heartvec_trainer.prepare import NPZ_KEYS, is_complete_npz
 
 CLI = Callable[..., tuple[int, str, str]]

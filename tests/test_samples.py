@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geometry_reference import point_triangles_distance
 
 from heartvec.distance import SurfaceDistance
 from heartvec.labels import load_label_table
 from heartvec.samples import ABSENT_SDF, Sample, SampleSettings, prepare_sample
 from heartvec.volume import LabelVolume, load_label_volume
+from heartvec_testing.geometry import point_triangles_distance, winding_number
 
 SETTINGS = SampleSettings(surface_points=20_000, vol_points=20_000, near_points=20_000)
 
@@ -127,27 +127,19 @@ def test_surface_samples_lie_on_their_class_surface(
         # (a few samples sit at concave creases, where a step can cross another face)
         step = 0.2 * float(np.min(a["spacing"]))
         on_surface, outward = world[mine][:60], normals[mine][:60]
-        assert _inside_by_winding(surface, on_surface - step * outward).mean() > 0.95, class_index
-        assert _inside_by_winding(surface, on_surface + step * outward).mean() < 0.05, class_index
+        assert _inside_bywinding_number(surface, on_surface - step * outward).mean() > 0.95, (
+            class_index
+        )
+        assert _inside_bywinding_number(surface, on_surface + step * outward).mean() < 0.05, (
+            class_index
+        )
 
 
-def _inside_by_winding(surface, points: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _inside_bywinding_number(surface, points: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Generalised winding number > 0.5 (an independent inside test, no ray casting)."""
-    return np.concatenate([_winding(surface, chunk) > 0.5 for chunk in np.array_split(points, 6)])
-
-
-def _winding(surface, points: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    triangles = surface.triangles()[None] - points[:, None, None, :]  # (P, F, 3, 3)
-    a, b, c = triangles[..., 0, :], triangles[..., 1, :], triangles[..., 2, :]
-    la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
-    numerator = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
-    denominator = (
-        la * lb * lc
-        + np.einsum("pfi,pfi->pf", a, b) * lc
-        + np.einsum("pfi,pfi->pf", b, c) * la
-        + np.einsum("pfi,pfi->pf", c, a) * lb
+    return np.concatenate(
+        [winding_number(surface, chunk) > 0.5 for chunk in np.array_split(points, 6)]
     )
-    return np.asarray(np.arctan2(numerator, denominator).sum(axis=1) / (2 * np.pi))
 
 
 def test_surface_samples_are_area_uniform(phantom_sample: tuple[LabelVolume, Sample]) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_nifti
-from service_harness import Service, postgres_database
 
 from heartvec.jobs.models import new_job_id
 from heartvec.phantom import make_phantom
+from heartvec_testing.services import Service, postgres_database
+from heartvec_testing.volumes import write_nifti
 
 pytestmark = pytest.mark.slow
 

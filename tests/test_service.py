@@ -13,9 +13,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bad_inputs import BAD_INPUTS
-from conftest import write_nifti
-from service_harness import (
+
+from heartvec.phantom import make_phantom
+from heartvec_testing.bad_inputs import BAD_INPUTS
+from heartvec_testing.services import (
     FAST_RECOVERY,
     RedisServer,
     Service,
@@ -23,8 +24,7 @@ from service_harness import (
     redis_database,
     wait_for,
 )
-
-from heartvec.phantom import make_phantom
+from heartvec_testing.volumes import write_nifti
 
 pytestmark = pytest.mark.slow
 

@@ -20,12 +20,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO
 
 from heartvec.errors import InputError
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from heartvec.model.config import MODEL_PRESETS
 from heartvec.model.vecset import VecSetAutoencoder
+from heartvec_testing.volumes import REPO
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TRAIN_PRESETS
 from heartvec_trainer.data import PreparedShapes, read_split

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, write_nifti
 from matplotlib.colors import to_rgb
 from PIL import Image
-from service_harness import Service
 
 from heartvec.phantom import make_phantom
+from heartvec_testing.services import Service
+from heartvec_testing.volumes import REPO, write_nifti
 
 pytestmark = pytest.mark.slow
 

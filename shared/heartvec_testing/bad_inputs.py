@@ -12,7 +12,7 @@ import numpy as np
 AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
 
 
-def _blob(shape: tuple[int, ...] = (24, 24, 24)) -> np.ndarray:
+def blob(shape: tuple[int, ...] = (24, 24, 24)) -> np.ndarray:
     labels = np.zeros(shape, dtype=np.int16)
     labels[6:18, 6:18, 6:18] = 1
     return labels
@@ -47,19 +47,19 @@ def truncated_gzip(folder: Path) -> Path:
 
 def two_dimensional(folder: Path) -> Path:
     path = folder / "slice.nii.gz"
-    nib.save(nib.Nifti1Image(_blob()[:, :, 12], AFFINE), path)
+    nib.save(nib.Nifti1Image(blob()[:, :, 12], AFFINE), path)
     return path
 
 
 def four_dimensional(folder: Path) -> Path:
     path = folder / "timeseries.nii.gz"
-    nib.save(nib.Nifti1Image(np.stack([_blob()] * 3, axis=-1), AFFINE), path)
+    nib.save(nib.Nifti1Image(np.stack([blob()] * 3, axis=-1), AFFINE), path)
     return path
 
 
 def non_integer_labels(folder: Path) -> Path:
     path = folder / "probabilities.nii.gz"
-    nib.save(nib.Nifti1Image(_blob().astype(np.float32) * 0.5, AFFINE), path)
+    nib.save(nib.Nifti1Image(blob().astype(np.float32) * 0.5, AFFINE), path)
     return path
 
 
@@ -70,7 +70,7 @@ def no_foreground(folder: Path) -> Path:
 
 
 def unknown_labels(folder: Path) -> Path:
-    labels = _blob()
+    labels = blob()
     labels[2:5, 2:5, 2:5] = 42
     path = folder / "unknown.nii.gz"
     nib.save(nib.Nifti1Image(labels, AFFINE), path)

@@ -1,44 +1,52 @@
 """`heartvec SUBCOMMAND ...`: one module per tool, each with `main(argv)`.
 
+Packages register their tools as entry points of the group `heartvec.commands` (their
+`pyproject.toml`: `NAME = "package.module:main"`), so this package names none of the services
+that add commands. A tool's one-line summary is its module docstring's first line, after the
+usage ("`heartvec NAME ...`: summary."), read without importing the module.
+
 This is the one place where errors become exit statuses: an `InputError` is the user's to fix
 (exit 2, one line naming the file and the problem); anything else is a bug (a traceback).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import logging
 import multiprocessing
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from importlib import import_module
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 from heartvec.errors import HeartvecError
 from heartvec.resources import available_cpus
 
-# subcommand -> (module that implements it, one-line summary)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("heartvec.cli.phantom", "write synthetic whole-heart label volumes"),
-    "inspect": ("heartvec.cli.inspect", "shape, spacing, orientation and labels of a volume"),
-    "labels": ("heartvec.cli.labels", "print a label table"),
-    "prepare": ("heartvec_trainer.prepare", "label volumes -> training .npz files"),
-    "split": ("heartvec_trainer.split", "write train.csv / val.csv for a prepared folder"),
-    "train": ("heartvec_trainer.train", "train the VecSet autoencoder (alone or under torchrun)"),
-    "evaluate": ("heartvec_trainer.evaluate", "metrics JSON of a checkpoint on a split"),
-    "export-checkpoint": (
-        "heartvec_trainer.export",
-        "a weights-only float16 checkpoint for shipping",
-    ),
-    "reconstruct": ("heartvec.cli.reconstruct", "label volume -> labelled meshes and a report"),
-    "serve": ("heartvec_api.cli", "the HTTP API (--embedded: with its own worker, no servers)"),
-    "worker": ("heartvec_worker.cli", "a job worker taking reconstructions from the broker"),
-}
+COMMANDS_GROUP = "heartvec.commands"
+
+
+def commands() -> dict[str, EntryPoint]:
+    """The registered subcommands by name, in the order of their registration."""
+    return {entry.name: entry for entry in entry_points(group=COMMANDS_GROUP)}
+
+
+def summary(entry: EntryPoint) -> str:
+    """The subcommand's one-line summary (the module's docstring, as above)."""
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or spec.origin is None:
+        return ""
+    docstring = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""
+    first = " ".join(docstring.split("\n\n")[0].split())  # the first paragraph, one line
+    return first.split("`: ", 1)[-1].rstrip(".")
 
 
 def _usage() -> str:
-    width = max(len(name) for name in SUBCOMMANDS)
-    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    registered = commands()
+    width = max(map(len, registered), default=0)
+    lines = [f"  {name:<{width}}  {summary(entry)}" for name, entry in registered.items()]
     return (
         "usage: heartvec SUBCOMMAND [options]   (heartvec SUBCOMMAND --help for its options)\n\n"
         "subcommands:\n" + "\n".join(lines)
@@ -64,12 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     name, rest = args[0], args[1:]
-    if name not in SUBCOMMANDS:
+    registered = commands()
+    if name not in registered:
         print(f"heartvec: error: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     _threads_within_cpu_quota()
-    module = import_module(SUBCOMMANDS[name][0])
-    return run_tool(module.main, rest)
+    return run_tool(registered[name].load(), rest)
 
 
 def _threads_within_cpu_quota() -> None:

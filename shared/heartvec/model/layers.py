@@ -2,7 +2,7 @@
 
 Attention goes through `torch.nn.functional.scaled_dot_product_attention`, so GPUs use the
 flash / memory-efficient kernels. Nothing here needs a double backward: the eikonal term is
-computed by finite differences of the decoder output (see heartvec_trainer.losses).
+computed by finite differences of the decoder output (the trainer's losses).
 
 Inference in fp32 on a CPU (decoding a grid on CPUs without native bf16) runs the linear layers
 through oneDNN's fused linear (`fused_linear`): the bias added and the GELU applied inside the
