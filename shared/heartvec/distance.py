@@ -176,9 +176,8 @@ def _barycentric(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
 def spatial_order(points: np.ndarray, bits: int = 10) -> np.ndarray:
     """(N,) permutation that sorts (N, 3) points along a Morton (Z-order) curve.
 
-    Closest-point queries in this order run about 1.5x faster (measured on a 256^3 phantom,
-    200k points x 10 classes: 7.1 s -> 4.7 s): neighbouring queries walk the same BVH nodes,
-    which then stay in cache.
+    Closest-point queries in this order run about 1.5x faster: neighbouring queries walk the
+    same BVH nodes, which then stay in cache.
     """
     low, high = points.min(axis=0), points.max(axis=0)
     cells = (points - low) / np.maximum(high - low, 1e-12) * (2**bits - 1)

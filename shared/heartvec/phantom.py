@@ -8,7 +8,7 @@ Each heart is built from simple primitives placed in millimetres (independent of
 chambers are ellipsoids (the ventricles and atria cut by the atrioventricular valve plane), vessels
 are tubes of varying radius along Catmull-Rom curves. Overlaps are resolved by `PAINT_ORDER`, so
 neighbours touch without gaps and every voxel has exactly one label; each primitive is evaluated
-only inside its own bounding box (about 0.1-0.4 s for 256^3 voxels). The whole phantom spans
+only inside its own bounding box. The whole phantom spans
 roughly 125 x 135 x 140 mm before the random global scaling of up to 15 %, so a 256 mm field of
 view holds it with a wide margin and a 192 mm one (e.g. 96 voxels of 2 mm) nearly always does.
 """

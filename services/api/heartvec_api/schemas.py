@@ -1,4 +1,4 @@
-"""What the API answers (the JSON shapes of CONTRACT.md's HTTP API)."""
+"""What the API answers: the JSON shapes of jobs and job lists."""
 
 from __future__ import annotations
 

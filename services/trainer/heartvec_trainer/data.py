@@ -71,7 +71,7 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
 
     Files read are kept in memory, with the index sets their draws pick from, up to
     `config.cache_mb` per process (each DataLoader worker has its own): reading and indexing a
-    file again took two thirds of the time of making an item (15 ms, 30k points of each kind).
+    file again is most of the time of making an item.
 
     Args:
         files: `.npz` files in the training format.

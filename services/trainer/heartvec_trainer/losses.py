@@ -10,8 +10,8 @@ checkpoint's second stage) gained on the large structures and lost on the thin v
 inside points are rare in an unweighted mean.
 
 Why finite differences: an autograd eikonal term needs a double backward through every
-attention layer, which the fused SDPA kernels do not support; the previous attempt wrote
-attention by hand to get it and needed 34 GB at batch 2. Here the eikonal points are six
+attention layer, which the fused SDPA kernels do not support; attention written by hand to get
+it takes tens of GB at a batch of two. Here the eikonal points are six
 extra decoder queries each (+-h along x, y, z) in the same forward pass: ordinary backward,
 fused kernels everywhere, and the cost is a few thousand more cross-attention queries.
 The difference quotient measures the gradient averaged over the step (0.005 = 0.5 mm at the

@@ -91,9 +91,9 @@ def _threads_within_cpu_quota() -> None:
 
 def entry() -> None:
     """The console script: `main`, then an exit that skips the interpreter's teardown when
-    nothing is left to wait for. Tearing down torch, numpy and the rest takes 0.6-1.2 s of a
-    `heartvec reconstruct` on a 2-core CPU, after every file is written and closed. With a
-    child process or a non-daemon thread still alive, the normal exit (which waits for them)."""
+    nothing is left to wait for: tearing down torch, numpy and the rest takes about a second,
+    after every file is written and closed. With a child process or a non-daemon thread still
+    alive, the normal exit (which waits for them)."""
     status = main()
     waiting = multiprocessing.active_children() or any(
         not thread.daemon

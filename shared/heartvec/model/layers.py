@@ -40,10 +40,10 @@ def fused_linear(layer: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch
     """`layer(x)`, followed by an exact GELU when `gelu`.
 
     For fp32 inference on a CPU, one oneDNN call with the bias and the GELU fused into the matrix
-    product: `addmm` first copies the bias into every output row, and the GELU is another pass,
-    on the decoder's 8192 x 1024 feed-forward activations 15% of a 2-core CPU's decode together
-    (AVX2 EPYC: the feed-forward 20% faster, the decoder 10-16%; same values to ~1e-6).
-    Everywhere else (training, refinement, GPUs, bf16 autocast) the plain modules."""
+    product: `addmm` first copies the bias into every output row, and the GELU is another pass
+    over the decoder's large feed-forward activations (same values to ~1e-6; BENCHMARKS.md has
+    the speed-up). Everywhere else (training, refinement, GPUs, bf16 autocast) the plain
+    modules."""
     if _fused(x):
         assert _FUSED_LINEAR is not None
         return _FUSED_LINEAR(x, layer.weight, layer.bias, "gelu" if gelu else "none", [], "none")

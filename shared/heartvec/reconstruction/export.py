@@ -1,7 +1,7 @@
 """Writing reconstruction outputs: class meshes (PLY), the whole heart (GLB), the label volume.
 
 The mesh formats are written here with numpy (binary PLY; glTF 2.0 binary with one node, mesh
-and material per class): importing trimesh for them cost a command-line run 1.3 s.
+and material per class): importing trimesh for them would cost a command-line run a second.
 """
 
 from __future__ import annotations
@@ -153,9 +153,9 @@ def write_label_volume(
     """Class indices -> the input's label values (its label table), on the input's grid; uint8
     when every value fits, else int16.
 
-    One lookup-table pass (a pass per class took 1-2 s at 256^3 on a 2-core CPU); uint8 halves
-    what gzip compresses. A class the table gives no value (the reconstruction keeps only the
-    input's classes: none) is written as background."""
+    One lookup-table pass instead of a pass per class; uint8 halves what gzip compresses. A
+    class the table gives no value (the reconstruction keeps only the input's classes: none) is
+    written as background."""
     lookup = np.zeros(max(table.num_classes, int(classes.max(initial=0))) + 1, dtype=np.int64)
     for value, class_index in sorted(table.class_of_value.items(), reverse=True):
         lookup[class_index] = value  # the first value of a class, as `value_of_class`

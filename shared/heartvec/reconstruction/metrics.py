@@ -18,7 +18,7 @@ def overlaps(
     """Dice and IoU per class between two class-index volumes (uint8) of the same grid.
 
     One pass: a joint histogram of (reference, reconstructed) value pairs gives every class's
-    intersection and sizes (masks per class took 0.6 s at 256^3 with ten classes, this 0.15 s).
+    intersection and sizes, several times faster than a mask per class.
     """
     first, second = (
         torch.from_numpy(x.astype(np.uint8, copy=False)) for x in (reference, reconstructed)

@@ -97,8 +97,8 @@ def minibatch_rows(
 
 class Adam:
     """Adam (no weight decay) on one tensor, the update of `torch.optim.Adam`. Here because
-    the first `torch.optim` optimizer of a process imports torch._dynamo: 1.5 s of a 60 s CLI
-    run."""
+    the first `torch.optim` optimizer of a process imports torch._dynamo, which takes seconds of
+    a one-volume run."""
 
     def __init__(
         self,
@@ -130,11 +130,11 @@ class Adam:
 
 class TensorSteps:
     """The refinement's steps with all their state on the device: the step number, the step
-    sizes and Adam's bias corrections are tensors the step reads, so one step can be captured
-    as a CUDA graph and replayed (mode 'graph': a step is ~150 small kernels, and launching
-    them one by one from Python cost 3-4 ms a step on an H200, most of the refinement's time),
-    or run as it is (mode 'tensor', any device: what the tests compare with the eager loop).
-    The same update as `Adam`, and the same draws (`minibatch_indices`)."""
+    sizes and Adam's bias corrections are tensors the step reads, so one step can be captured as
+    a CUDA graph and replayed (mode 'graph': a step is ~150 small kernels, and on a GPU
+    launching them one by one from Python takes most of the refinement's time), or run as it is
+    (mode 'tensor', any device: what the tests compare with the eager loop). The same update as
+    `Adam`, and the same draws (`minibatch_indices`)."""
 
     def __init__(
         self,
