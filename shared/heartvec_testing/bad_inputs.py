@@ -1,4 +1,6 @@
-"""Makers of every bad input CONTRACT.md lists, each with the words its message must contain."""
+"""Makers of every bad input heartvec must refuse clearly (not NIfTI, truncated, 2-D or 4-D,
+non-integer or unknown labels, no foreground, absurd size), each with the words its message
+must contain."""
 
 from __future__ import annotations
 
