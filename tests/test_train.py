@@ -30,8 +30,8 @@ from heartvec_trainer import distributed
 from heartvec_trainer.config import TRAIN_PRESETS
 from heartvec_trainer.data import PreparedShapes, read_split
 from heartvec_trainer.losses import training_loss
+from heartvec_trainer.run_state import load_resume_state, restore_rng
 from heartvec_trainer.stopping import EXIT_INTERRUPTED
-from heartvec_trainer.train import load_resume_state, restore_rng
 
 CLI = Callable[..., tuple[int, str, str]]
 HEARTVEC = str(Path(sys.executable).parent / "heartvec")

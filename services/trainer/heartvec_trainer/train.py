@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -28,9 +27,8 @@ from torch.utils.data.distributed import DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from heartvec.errors import InputError, StorageError
-from heartvec.labels import CLASS_NAMES
-from heartvec.model.checkpoint import load_checkpoint, save_checkpoint
+from heartvec.errors import InputError
+from heartvec.model.checkpoint import load_checkpoint
 from heartvec.model.config import ModelConfig
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.settings import Settings
@@ -41,6 +39,14 @@ from heartvec_trainer.data import EpochTagged, PreparedShapes, normalization_of,
 from heartvec_trainer.folders import output_folder
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
+from heartvec_trainer.reporting import log_epoch, start_wandb
+from heartvec_trainer.run_state import (
+    load_resume_state,
+    restore_rng,
+    rng_state,
+    save,
+    training_state,
+)
 from heartvec_trainer.stopping import (
     EXIT_INTERRUPTED,
     StopCheck,
@@ -204,7 +210,7 @@ def train(
     val_files = read_split(data_dir, "val") if config.val_every > 0 else []
     normalization = normalization_of(train_files)
     output_folder(run_dir)
-    wandb_run = _start_wandb(run_dir, preset, model_config, config) if use_wandb else None
+    wandb_run = start_wandb(run_dir, preset, model_config, config) if use_wandb else None
 
     torch.manual_seed(config.seed)
     model = VecSetAutoencoder(model_config).to(device)
@@ -332,13 +338,13 @@ def train(
         stop.check()
         if stop.signal and not stop.time_up and batches_done < batches_per_epoch:
             if runtime.is_main:
-                state = _training_state(
+                state = training_state(
                     preset, model_config, config, normalization, model, optimizer, scheduler
                 )
                 state.update(epoch=epoch, step=step, best_iou=best_iou, history=history)
                 state.update(epoch_batches=batches_done, epoch_losses=losses)
-                state.update(elapsed_s=clock.elapsed(), rng=_rng_state())
-                _save(last_path, state)
+                state.update(elapsed_s=clock.elapsed(), rng=rng_state())
+                save(last_path, state)
             break
 
         record: dict[str, Any] = {
@@ -367,21 +373,21 @@ def train(
             improved = "val" in record and record["val"]["mean_iou"] > best_iou
             if improved:
                 best_iou = record["val"]["mean_iou"]
-            state = _training_state(
+            state = training_state(
                 preset, model_config, config, normalization, model, optimizer, scheduler
             )
             state.update(epoch=epoch + 1, step=step, best_iou=best_iou, history=history)
-            state.update(elapsed_s=clock.elapsed(), rng=_rng_state())
+            state.update(elapsed_s=clock.elapsed(), rng=rng_state())
             final = epoch + 1 == config.epochs or stop.stopping
             due = time.monotonic() - saved_at >= config.checkpoint_every_s
             if validate or final or due:
-                _save(last_path, state)
+                save(last_path, state)
                 saved_at = time.monotonic()
                 (run_dir / "history.json").write_text(json.dumps(history, indent=2))
                 plot_history(history, run_dir / "training_curve.png")
             if improved:
-                _save(best_path, state)
-            _log_epoch(record, writer, wandb_run)
+                save(best_path, state)
+            log_epoch(record, writer, wandb_run)
         if runtime.distributed:
             dist.barrier()
         if stop.stopping:
@@ -408,103 +414,6 @@ def train(
     return Outcome(history, stop.signal if stop.signal and not stop.time_up else None)
 
 
-def _training_state(
-    preset: str,
-    model_config: ModelConfig,
-    config: TrainConfig,
-    normalization: dict[str, float | None],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> dict[str, Any]:
-    """What every checkpoint of the run holds; the caller adds where the run is."""
-    return {
-        "preset": preset,
-        "model_config": model_config.as_dict(),
-        "train_config": config.as_dict(),
-        "class_names": list(CLASS_NAMES),
-        "normalization": normalization,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-    }
-
-
-def load_resume_state(path: Path) -> dict[str, Any]:
-    """checkpoint-last.pt for --resume, every tensor on the CPU whatever the training device.
-
-    The RNG states must be CPU byte tensors (`torch.cuda.set_rng_state_all` refuses a CUDA
-    tensor); the model and optimizer states are copied to their device by `load_state_dict`.
-    """
-    return load_checkpoint(path, map_location="cpu")
-
-
 def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    """Save, or say loudly why not and keep training (the previous file stays intact)."""
-    try:
-        save_checkpoint(path, state)
-    except StorageError as e:
-        tqdm.write(f"heartvec: warning: {e}", file=sys.stderr)
-
-
-def _log_epoch(record: dict[str, Any], writer: SummaryWriter | None, wandb_run: Any) -> None:
-    line = f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"
-    scalars = {"epoch/train_loss": record["train_loss"]}
-    if "val" in record:
-        val = record["val"]
-        line += f", val loss {val['loss']:.4f}, val mean IoU {val['mean_iou']:.3f}"
-        scalars.update({"val/loss": val["loss"], "val/mean_iou": val["mean_iou"]})
-        scalars.update({f"val/iou/{name}": v["iou"] for name, v in val["per_class"].items()})
-    tqdm.write(line, file=sys.stderr)
-    for name, value in scalars.items():
-        if writer is not None:
-            writer.add_scalar(name, value, record["epoch"])
-    if wandb_run is not None:
-        wandb_run.log({**scalars, "epoch": record["epoch"]}, step=record["step"])
-
-
-def _start_wandb(run_dir: Path, preset: str, model: ModelConfig, config: TrainConfig) -> Any:
-    import os
-
-    if not os.environ.get("WANDB_API_KEY"):
-        raise InputError("--wandb", "set WANDB_API_KEY in the environment (never in a file)")
-    try:
-        import wandb
-    except ImportError as e:
-        raise InputError("--wandb", "wandb is not installed: pip install 'heartvec[wandb]'") from e
-    return wandb.init(
-        project="heartvec",
-        dir=str(run_dir),
-        name=run_dir.name,
-        config={"preset": preset, "model": model.as_dict(), "train": config.as_dict()},
-    )
-
-
-def _rng_state() -> dict[str, Any]:
-    numpy_state: Any = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    """Put back the generators `_rng_state` saved, from tensors on any device.
-
-    torch's setters take CPU byte tensors only ("RNG state must be a torch.ByteTensor"). The
-    CUDA states go back to the GPUs this process sees, as many as were saved.
-    """
-    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
-    if device.type == "cuda" and state["cuda"]:
-        for index, saved in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(saved.to("cpu", torch.uint8), index)
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    random.setstate(state["python"])
