@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from heartvec.phantom import make_phantom
+from heartvec.reconstruction.options import ReconstructOptions
 from heartvec_testing.services import Service
 from heartvec_testing.volumes import REPO, write_nifti
 
@@ -59,6 +60,13 @@ def test_upload_in_the_browser_shows_a_rendered_heart(embedded: Service, tmp_pat
     assert summary["status"] == "succeeded", summary
     assert summary["viewer"] == "ready:10" and summary["classRows"] == 10
     assert summary["downloads"] >= 15 and summary["previewLoaded"]
+    # the form's bounds and tables come from the API's schema, where the options define them
+    low, high = ReconstructOptions.bounds("resolution")
+    assert summary["options"]["resolution"] == [str(low), str(high)]
+    assert summary["options"]["refine"] == [
+        str(b) for b in ReconstructOptions.bounds("refine_steps")
+    ]
+    assert summary["options"]["labels"] == ["default", "mmwhs", "mmwhs-raw"]
     assert summary["problems"] == []
 
     pixels = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float64) / 255

@@ -15,6 +15,12 @@ try {
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
   page.on("console", (message) => { if (message.type() === "error") problems.push(`console: ${message.text()}`); });
   await page.goto(baseUrl);
+  await page.waitForSelector("#labels option[value='mmwhs-raw']", { state: "attached" });
+  const options = await page.evaluate(() => ({
+    resolution: [document.getElementById("resolution").min, document.getElementById("resolution").max],
+    refine: [document.getElementById("refine").min, document.getElementById("refine").max],
+    labels: [...document.getElementById("labels").options].map((option) => option.value),
+  }));
   if (token) await page.fill("#token", token).then(() => page.dispatchEvent("#token", "change"));
   await page.fill("#resolution", "48");
   await page.fill("#refine", "0");
@@ -28,6 +34,7 @@ try {
     classRows: await page.locator("#classes tbody tr").count(),
     downloads: await page.locator("#downloads li").count(),
     previewLoaded: await page.evaluate(() => document.getElementById("preview").naturalWidth > 0),
+    options,
     problems,
   };
   console.log(JSON.stringify(summary));

@@ -237,5 +237,19 @@ function fillClassTable(parts, classIndex, metrics) {
   $("classes").tBodies[0].replaceChildren(...rows);
 }
 
+// the options' ranges and label tables as the API defines them (its OpenAPI schema)
+async function applyOptionSchema() {
+  const spec = await (await fetch("/openapi.json")).json();
+  const fields = spec.paths["/reconstruct"].post.requestBody.content["multipart/form-data"]
+    .schema.properties;
+  for (const [id, name] of [["resolution", "resolution"], ["refine", "refine_steps"]]) {
+    $(id).min = fields[name].minimum;
+    $(id).max = fields[name].maximum;
+  }
+  const tables = fields.labels.enum;
+  $("labels").replaceChildren(...tables.map((name) => new Option(name, name)));
+}
+
+applyOptionSchema().catch(() => { /* the API checks the values anyway */ });
 refreshJobs();
 setInterval(refreshJobs, 5000);
