@@ -88,7 +88,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/*.Dockerfile
-	$(BIN)/shellcheck -x .ci/run apptainer/*.sbatch docker/*.sh services/trainer/gpu_session.sh bench/gpu_latency.sh
+	$(BIN)/shellcheck -x .ci/run apptainer/*.sbatch docker/*.sh bench/*.sh services/trainer/gpu_session.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 	sed 's/!reset //' compose.cpu.yaml | $(BIN)/check-jsonschema --builtin-schema vendor.compose-spec --force-filetype yaml -
 

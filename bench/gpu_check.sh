@@ -27,16 +27,8 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-10}
 rm -rf "$WORK" && mkdir -p "$OUT" "$WORK/keep"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
-if [ -d .whl ] && ! python3 -c "import heartvec, fastapi" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer:$PWD/services/api:$PWD/services/worker
-    mkdir -p /tmp/bin
-    printf '#!/bin/sh\nexec python3 -c "from heartvec.cli import entry; entry()" "$@"\n' \
-        >/tmp/bin/heartvec
-    chmod +x /tmp/bin/heartvec
-    export PATH=/tmp/bin:$PATH
-fi
+# shellcheck source=bench/device_setup.sh
+source bench/device_setup.sh || exit 1
 {
     date -u +%FT%TZ
     nvidia-smi -L || true

@@ -7,9 +7,8 @@
 #
 #   OUT=/tmp/gpu-out bash bench/gpu_latency.sh
 #
-# On a bare machine whose python3 has torch and the scientific stack but not the packages named in
-# services/trainer/gpu_session.sh, carry them as wheels in .whl/ (that script's header says how):
-# they are installed into /tmp/site and a `heartvec` command is put on PATH.
+# On a bare machine whose python3 has torch and the scientific stack, carry the rest as wheels in
+# .whl/ (bench/gpu_wheels.sh): bench/device_setup.sh installs them and heartvec into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:?set OUT to a folder for the results}
@@ -19,16 +18,8 @@ REPEATS=${REPEATS:-3}  # heartvec reconstruct processes
 # PROFILE=0: without the cProfile runs
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT/keep"
-if [ -d .whl ] && ! python3 -c "import heartvec" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer
-  mkdir -p /tmp/bin
-  printf '#!/bin/sh\nexec python3 -c "from heartvec.cli import entry; entry()" "$@"\n' \
-    >/tmp/bin/heartvec
-  chmod +x /tmp/bin/heartvec
-  export PATH=/tmp/bin:$PATH
-fi
+# shellcheck source=bench/device_setup.sh
+source bench/device_setup.sh || exit 1
 { nvidia-smi -L || true; nproc; lscpu | grep 'Model name' || true; python3 -c \
   "import torch, numpy, skimage; print(torch.__version__, numpy.__version__, skimage.__version__)"
 } 2>&1 | tee "$OUT/keep/machine.txt"

@@ -15,17 +15,14 @@
 # training draws a few thousand per step, and fewer samples prepare faster), DEVICE and
 # LATENCY_REPEATS (0: no latency benchmark) can be overridden for a dry run.
 #
-# On a bare machine whose Python already has torch, numpy, scipy, scikit-image, matplotlib,
-# tensorboard, PyYAML and tqdm (the lent H200 had Python 3.12), bring the rest as wheels
-# (pip download --no-deps --only-binary=:all: --python-version 3.12 ... -d .whl): nibabel,
-# fcpw, pydantic, pydantic-core, pydantic-settings, annotated-types,
-# typing-inspection, typing-extensions, python-dotenv; then, from the repository root:
-#   pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   export PYTHONPATH=/tmp/site:$PWD/shared:$PWD/services/trainer
-#   a `heartvec` on PATH: exec python3 -c "import sys; from heartvec.cli import main; sys.exit(main())" "$@"
+# On a bare machine whose python3 has torch and the scientific stack, carry the rest as wheels in
+# .whl/ (bench/gpu_wheels.sh, here); bench/device_setup.sh installs them and heartvec itself
+# into /tmp/site. From the repository root:
 #   set -o pipefail; OUT=... bash services/trainer/gpu_session.sh 2>&1 | tee "$OUT/log.txt"
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=bench/device_setup.sh
+source bench/device_setup.sh
 OUT=${OUT:?set OUT to a folder for the results}
 BUDGET_S=${BUDGET_S:-530}
 RESERVE_S=${RESERVE_S:-100}
