@@ -108,6 +108,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/reconstruct.py
 	$(BIN)/python bench/refinement.py
+	$(BIN)/python bench/supports.py
 	$(BIN)/python bench/service.py
 
 clean:

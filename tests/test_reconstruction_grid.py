@@ -293,3 +293,61 @@ def test_mesh_rendering_draws_the_nearest_surface_in_its_class_colour() -> None:
     assert (render_meshes({3: empty}, pixels=50) == 1).all()
     from_above = render_meshes(meshes, pixels=50, towards_camera=(0.0, 0.0, 1.0))
     np.testing.assert_allclose(hue(from_above[25, 25]), hue(orange), atol=0.02)  # near: off-axis
+
+
+def test_supports_keep_a_class_near_where_the_input_has_it() -> None:
+    """A class's piece 45 mm from where the input has it (half its size: `min_piece` keeps it)
+    is set outside; a class drawn 3 mm larger than the input's stays whole; every negative point
+    left lies within MARGIN_MM of its class in the input; the supports survive their arrays."""
+    from scipy.ndimage import distance_transform_edt
+
+    from heartvec.labels import load_label_table
+    from heartvec.normalization import fixed_normalization
+    from heartvec.reconstruction.decoding import grid_box
+    from heartvec.reconstruction.supports import MARGIN_MM, ClassSupports
+    from heartvec.surfaces import class_surfaces
+    from heartvec.volume import LabelVolume
+
+    size = 120  # 1 mm voxels, world = voxel index
+    ijk = np.indices((size,) * 3).transpose(1, 2, 3, 0)
+    balls = {1: (np.array([40.0, 60.0, 60.0]), 14.0), 2: (np.array([80.0, 60.0, 60.0]), 10.0)}
+    classes = np.zeros((size,) * 3, dtype=np.uint8)
+    for class_index, (centre, radius) in balls.items():
+        classes[np.linalg.norm(ijk - centre, axis=-1) <= radius] = class_index
+    table = load_label_table("default")
+    volume = LabelVolume("balls", classes, np.eye(4), table, {})
+    surfaces = class_surfaces(volume)
+    normalization = fixed_normalization(surfaces, 100.0)
+    low, high = grid_box(normalization, surfaces)
+    supports = ClassSupports.of_input(volume, surfaces, normalization, low, high)
+    stray = balls[1][0] + np.array([0.0, 45.0, 0.0])
+
+    def drawn(points: np.ndarray) -> np.ndarray:
+        world = normalization.to_world(points)
+        sdf = np.full((len(points), table.num_classes), 0.1)
+        first = np.minimum(
+            np.linalg.norm(world - balls[1][0], axis=1) - balls[1][1],
+            np.linalg.norm(world - stray, axis=1) - 0.8 * balls[1][1],
+        )
+        second = np.linalg.norm(world - balls[2][0], axis=1) - (balls[2][1] + 3.0)
+        sdf[:, 0], sdf[:, 1] = first / 100, second / 100  # normalized units
+        return np.clip(sdf, -0.1, 0.1) / 0.1
+
+    grid = decode_grid(drawn, low, high, 97, units_per_distance=10, dense=True)
+    before = grid.values.copy()
+    removed = supports.apply(grid)
+    points = normalization.to_world(
+        low + np.indices(grid.values.shape[:3]).reshape(3, -1).T * grid.spacing
+    ).reshape(*grid.values.shape[:3], 3)
+    near_stray = np.linalg.norm(points - stray, axis=-1) < 10
+    assert set(removed) == {1} and (before[..., 0][near_stray] < 0).any()
+    assert (grid.values[..., 0][near_stray] > 0).all()
+    np.testing.assert_array_equal(grid.values[..., 1], before[..., 1])  # 3 mm out: kept
+    for class_index in (1, 2):
+        distance_mm = distance_transform_edt(classes != class_index)  # 1 mm voxels
+        voxel = np.clip(np.rint(points[grid.values[..., class_index - 1] < 0]), 0, size - 1)
+        far = distance_mm[tuple(voxel.astype(int).T)]
+        assert far.max() <= MARGIN_MM, (class_index, far.max())
+    again = ClassSupports.from_arrays(supports.arrays())
+    np.testing.assert_array_equal(again.allowed, supports.allowed)
+    assert again.cell == supports.cell and again.margin_mm == supports.margin_mm

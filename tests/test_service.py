@@ -29,7 +29,13 @@ from heartvec_testing.volumes import write_nifti
 pytestmark = pytest.mark.slow
 
 QUICK = {"resolution": 40, "refine_steps": 0}  # a few seconds per job on this CPU
-CONTRACT_RESULTS = {"reconstruction.nii.gz", "report.json", "heart.glb", "latent.npy"}
+CONTRACT_RESULTS = {
+    "reconstruction.nii.gz",
+    "report.json",
+    "heart.glb",
+    "latent.npy",
+    "shape_code.npz",
+}
 
 
 @pytest.fixture(scope="module")

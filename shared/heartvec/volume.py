@@ -24,6 +24,23 @@ _SLAB = 32  # slices converted at a time, so a float64 copy of a large volume ne
 _SCAN_VOXELS = 1 << 20  # voxels `scan_label_file` holds at a time (its memory stays ~10 MB)
 
 
+@dataclass(frozen=True)
+class VoxelGrid:
+    """A volume's grid without its voxels: what a label volume is written on.
+
+    Args:
+        affine: float64 (4, 4) voxel index -> world millimetres, RAS+.
+        shape: voxels along each array axis.
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+
+    def world_from_voxel(self, ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) voxel indices (may be fractional) -> (N, 3) world mm."""
+        return np.asarray(ijk @ self.affine[:3, :3].T + self.affine[:3, 3])
+
+
 @dataclass
 class LabelVolume:
     """A validated label volume with its labels mapped to class indices.

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="heartvec reconstruct",
         description="Encode a label volume with the autoencoder and decode it back: "
         "DIR/meshes/<index>_<name>.ply, DIR/heart.glb, DIR/reconstruction.nii.gz (on the input's "
-        "grid, in its label values), DIR/latent.npy, DIR/report.json, DIR/preview.png.",
+        "grid, in its label values), DIR/latent.npy, DIR/shape_code.npz (what `heartvec decode` "
+        "draws the same shape from), DIR/report.json, DIR/preview.png.",
     )
     parser.add_argument("file", type=Path, help="a .nii or .nii.gz label volume")
     parser.add_argument("--out", type=Path, required=True, help="output folder")

@@ -26,6 +26,7 @@ MEDIA_TYPES = {
     ".ply": "application/octet-stream",
     ".glb": "model/gltf-binary",
     ".npy": "application/octet-stream",
+    ".npz": "application/octet-stream",
     ".json": "application/json",
     ".png": "image/png",
 }

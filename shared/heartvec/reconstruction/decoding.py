@@ -77,6 +77,16 @@ def decode_latents(
     return decode_context(model, context, surfaces, normalization, resolution, truncation, dense)
 
 
+def grid_box(
+    normalization: Normalization, surfaces: dict[int, Surface]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The cube a reconstruction decodes on: around the input's surfaces with GRID_MARGIN of
+    room, in the normalized frame ((3,) first and last grid point)."""
+    low, high = normalization.bounds(surfaces)
+    centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
+    return centre - half, centre + half
+
+
 def decode_context(
     model: VecSetAutoencoder,
     context: torch.Tensor,
@@ -87,7 +97,23 @@ def decode_context(
     dense: bool | None = None,
 ) -> SdfGrid:
     """The per-class SDF of a decoder context (a processed latent set, `model.process`) on a
-    resolution^3 cube around the input's surfaces.
+    resolution^3 cube around the input's surfaces (`grid_box`, `decode_box`)."""
+    low, high = grid_box(normalization, surfaces)
+    return decode_box(model, context, low, high, resolution, truncation, normalization.scale, dense)
+
+
+def decode_box(
+    model: VecSetAutoencoder,
+    context: torch.Tensor,
+    low: np.ndarray,
+    high: np.ndarray,
+    resolution: int,
+    truncation: float | None,
+    scale_mm: float,
+    dense: bool | None = None,
+) -> SdfGrid:
+    """The per-class SDF of a decoder context on a resolution^3 grid from `low` to `high`
+    (normalized; `scale_mm` millimetres a unit).
 
     `dense` evaluates every grid point; None chooses by device: the narrow band on the CPU,
     where the decoder's arithmetic is the cost, and the dense grid on a GPU up to resolution
@@ -97,13 +123,12 @@ def decode_context(
     device = context.device
     if dense is None:
         dense = device.type == "cuda" and resolution <= DENSE_GPU_MAX_RESOLUTION
-    low, high = normalization.bounds(surfaces)
-    centre, half = (low + high) / 2, float(np.max(high - low)) / 2 + GRID_MARGIN
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     context = context.detach()
     chunk = DENSE_CHUNK_GPU if device.type == "cuda" else 8_192
     if dense:
-        values = decode_dense(model, context, centre - half, centre + half, resolution, chunk)
-        grid = SdfGrid(values.cpu().numpy(), centre - half, centre + half, resolution**3)
+        values = decode_dense(model, context, low, high, resolution, chunk)
+        grid = SdfGrid(values.cpu().numpy(), low, high, resolution**3)
         if device.type == "cuda":  # the classes' extents where the values are: cheaper there
             grid.set_negative_extent(negative_extent(values))
         return grid
@@ -115,12 +140,12 @@ def decode_context(
 
         return decode_grid(
             sdf_at,
-            centre - half,
-            centre + half,
+            low,
+            high,
             resolution,
             units_per_distance=1 / truncation if truncation else 1.0,
             chunk=chunk,
-            sign_levels=tracked_levels(2 * half * normalization.scale / (resolution - 1)),
+            sign_levels=tracked_levels(float(np.max(high - low)) * scale_mm / (resolution - 1)),
         )
 
 

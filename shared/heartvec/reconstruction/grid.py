@@ -51,6 +51,17 @@ class SdfGrid:
         self.__dict__["negative_extent"] = extent
 
 
+def negative_boxes(grid: SdfGrid) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(channel, first, last) per class with negative grid points: (3,) grid indices of the
+    first and last slab along each axis that holds one."""
+    extent = grid.negative_extent
+    boxes = []
+    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
+        hits = [np.flatnonzero(extent[axis][:, channel]) for axis in range(3)]
+        boxes.append((channel, np.array([h[0] for h in hits]), np.array([h[-1] for h in hits])))
+    return boxes
+
+
 def negative_extent(values: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per axis of (X, Y, Z, C) values, (points along it, C) bool: is any value of that slab
     negative. Two reductions along the fast axes: several times faster than numpy's `any` over

@@ -12,24 +12,14 @@ from scipy.ndimage import affine_transform
 
 from heartvec.normalization import Normalization
 from heartvec.reconstruction.class_mesh import class_mesh
-from heartvec.reconstruction.grid import SdfGrid
+from heartvec.reconstruction.grid import SdfGrid, negative_boxes
 from heartvec.reconstruction.hostwork import run_all
+from heartvec.reconstruction.supports import ClassSupports
 from heartvec.surfaces import Surface
-from heartvec.volume import LabelVolume
+from heartvec.volume import LabelVolume, VoxelGrid
 
 _OUTSIDE = 1e6  # SDF value beyond the decoded grid: outside every class
 _SLAB_POINTS = 1 << 22  # input voxels resampled at once (their coordinates: 48 MB)
-
-
-def _negative_boxes(grid: SdfGrid) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(channel, first, last) per class with negative grid points: (3,) grid indices of the
-    first and last slab along each axis that holds one."""
-    extent = grid.negative_extent
-    boxes = []
-    for channel in map(int, np.flatnonzero(extent[0].any(axis=0))):
-        hits = [np.flatnonzero(extent[axis][:, channel]) for axis in range(3)]
-        boxes.append((channel, np.array([h[0] for h in hits]), np.array([h[-1] for h in hits])))
-    return boxes
 
 
 def class_meshes(
@@ -53,7 +43,7 @@ def class_meshes(
     """
     jobs: list[tuple[np.ndarray, float]] = []
     boxes: list[tuple[int, tuple[slice, ...]]] = []
-    for channel, first, last in _negative_boxes(grid):
+    for channel, first, last in negative_boxes(grid):
         # the box around this class only, one point wider on each side: the zero level lies
         # between a negative point and its neighbours
         box = tuple(slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(first, last, strict=True))
@@ -81,15 +71,44 @@ def class_meshes(
     return meshes, dropped
 
 
+def shape_meshes(
+    grid: SdfGrid,
+    normalization: Normalization,
+    supports: ClassSupports,
+    min_piece: float,
+    present: set[int],
+    pool: ProcessPoolExecutor | None = None,
+) -> tuple[dict[int, Surface], dict[int, int], dict[int, int]]:
+    """The meshes of a decoded shape: each class held to its support, its stray pieces dropped
+    (both in `grid`, in place), only the classes `present`. Returns (meshes, pieces dropped,
+    grid points set outside a support), the last two by class index."""
+    outside = supports.apply(grid)
+    meshes, dropped = class_meshes(grid, normalization, min_piece, pool)
+    return {c: m for c, m in meshes.items() if c in present}, dropped, outside
+
+
+def shape_labels(
+    grid: SdfGrid,
+    normalization: Normalization,
+    volume: LabelVolume | VoxelGrid,
+    present: set[int],
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The label volume of a decoded shape (`label_volume`) with only the classes `present`."""
+    classes = label_volume(grid, normalization, volume, device)
+    classes[~np.isin(classes, list(present))] = 0
+    return classes
+
+
 def label_volume(
     grid: SdfGrid,
     normalization: Normalization,
-    volume: LabelVolume,
+    volume: LabelVolume | VoxelGrid,
     device: torch.device | str = "cpu",
     resampler: Literal["auto", "scipy", "torch"] = "auto",
 ) -> np.ndarray:
-    """Class index per voxel of the input grid: the class whose SDF is lowest where it is
-    negative, else background (0). uint8, the input's shape.
+    """Class index per voxel of the input's grid (`volume`, or its `VoxelGrid`): the class whose
+    SDF is lowest where it is negative, else background (0). uint8, the input's shape.
 
     Input voxel -> grid index is one affine map, so each class is resampled trilinearly over
     the input voxels around its own negative grid points only (a box per class, a small part of
@@ -126,7 +145,7 @@ def _class_boxes(
     negative grid points can; its grid values are cropped to the same reach."""
     size = np.array(grid.values.shape[:3])
     boxes = []
-    for channel, first, last in _negative_boxes(grid):
+    for channel, first, last in negative_boxes(grid):
         low, high = first - 1, last + 1  # grid indices a negative voxel can map to
         corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
         voxels = np.linalg.solve(matrix, (low + corners * (high - low) - offset).T).T

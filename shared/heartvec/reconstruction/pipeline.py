@@ -1,18 +1,16 @@
 """`reconstruct(...)`: the one reconstruction code path of the CLI, the service and the worker.
 
 load + validate -> surface points with classes (the training data's own code) -> encode ->
-(optional latent refinement) -> per-class SDF on a grid -> marching cubes per class -> label
-volume on the input's grid -> outputs and report.
+(optional latent refinement) -> per-class SDF on a grid, each class held to where it lies in
+the input -> marching cubes per class -> label volume on the input's grid -> outputs, the
+shape code that draws them again, and the report.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -23,9 +21,15 @@ import torch
 
 from heartvec.errors import InputError
 from heartvec.labels import LabelTable
+from heartvec.normalization import Normalization
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.contours import preview_slices, slice_contours
-from heartvec.reconstruction.decoding import autocast_dtype, decode_autocast, decode_context
+from heartvec.reconstruction.decoding import (
+    autocast_dtype,
+    decode_autocast,
+    decode_box,
+    grid_box,
+)
 from heartvec.reconstruction.encoding import (
     LoadedModel,
     check_classes,
@@ -35,7 +39,7 @@ from heartvec.reconstruction.encoding import (
 )
 from heartvec.reconstruction.export import write_label_volume, write_meshes
 from heartvec.reconstruction.hostwork import Deferred, running_host_pool
-from heartvec.reconstruction.meshes import class_meshes, label_volume
+from heartvec.reconstruction.meshes import shape_labels, shape_meshes
 from heartvec.reconstruction.options import ReconstructOptions
 from heartvec.reconstruction.refine import RefineSettings, refine_latents
 from heartvec.reconstruction.refine_targets import start_targets
@@ -46,13 +50,14 @@ from heartvec.reconstruction.report import (
     model_record,
     normalization_record,
     summary,
+    support_record,
 )
+from heartvec.reconstruction.shape_code import ShapeCode
+from heartvec.reconstruction.stages import Progress, StageClock
+from heartvec.reconstruction.supports import MARGIN_MM, ClassSupports
 from heartvec.resources import peak_memory_mb
-from heartvec.surfaces import class_surfaces
-from heartvec.volume import load_label_volume
-
-Progress = Callable[[str, float], None]
-"""Called with (stage name, overall fraction done in [0, 1]) as each stage starts."""
+from heartvec.surfaces import Surface, class_surfaces
+from heartvec.volume import LabelVolume, VoxelGrid, load_label_volume
 
 STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
 """In order. The preview PNG is drawn on a thread (or a host pool's process) from the start of
@@ -79,6 +84,8 @@ class ReconstructSettings:
     min_piece: pieces of a class's decoded inside smaller than this fraction of its largest
         piece are dropped (stray pieces where the field dips below zero far from the class;
         `class_meshes`); 0 keeps every piece.
+    support_margin_mm: how far from where the input has a class the class may appear
+        (`supports`); None: anywhere.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
         instructions, fp32 elsewhere), 'fp32' or 'bf16'. Encoding and refinement stay fp32:
         refinement in bf16 lost Dice, bf16 decoding nothing measurable (BENCHMARKS.md).
@@ -90,26 +97,13 @@ class ReconstructSettings:
     seed: int = 0
     precision: str = "auto"
     min_piece: float = defaults.MIN_PIECE
+    support_margin_mm: float | None = MARGIN_MM
 
     def __post_init__(self) -> None:
         ReconstructOptions.check("resolution", self.resolution, "--resolution")
         ReconstructOptions.check("refine_steps", self.refine.steps, "--refine-steps")
         if not 0 <= self.min_piece < 1:  # also NaN
             raise InputError("--min-piece", f"{self.min_piece}: need 0 <= fraction < 1")
-
-
-class _Clock:
-    def __init__(self, progress: Progress | None) -> None:
-        self.timings: dict[str, float] = {}
-        self.progress = progress
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.progress is not None:
-            self.progress(name, STAGES.index(name) / len(STAGES))
-        started = time.perf_counter()
-        yield
-        self.timings[f"{name}_s"] = round(time.perf_counter() - started, 3)
 
 
 def reconstruct(
@@ -122,7 +116,7 @@ def reconstruct(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Reconstruct one label volume into `out_dir`: meshes, `heart.glb`, `reconstruction.nii.gz`,
-    `latent.npy`, `slices.json`, `preview.png` and `report.json`.
+    `latent.npy`, `shape_code.npz`, `slices.json`, `preview.png` and `report.json`.
 
     Args:
         checkpoint: a checkpoint file (loaded on `settings.device`), or a `LoadedModel` (its
@@ -138,7 +132,7 @@ def reconstruct(
         CheckpointError: a missing or broken checkpoint.
     """
     out_dir = Path(out_dir)
-    clock = _Clock(progress)
+    clock = StageClock(STAGES, progress)
     rng = np.random.default_rng(settings.seed)
     pool = running_host_pool()  # a process that keeps its model started one; none is started here
     with clock.stage("load"):
@@ -159,11 +153,14 @@ def reconstruct(
     targets = None  # the refinement's exact distances: they start while the device encodes
     if settings.refine.steps > 0:
         targets = start_targets(volume, surfaces, normalization, (settings.seed, 1), pool)
+    low, high = grid_box(normalization, surfaces)
+    supports = _start_supports(volume, surfaces, normalization, low, high, settings)
 
     with clock.stage("encode"):
         points, labels = encoder_inputs(model, surfaces, normalization, rng)
         with torch.no_grad():
             latents = model.encode(points.to(device), labels.to(device)).float()  # (1, M, D)
+    encoded = latents
     truncation = state["train_config"].get("truncation")
     with clock.stage("refine"):
         refinement, context = None, None
@@ -172,20 +169,21 @@ def reconstruct(
                 model, latents, volume, surfaces, normalization, truncation, rng,
                 settings.refine, targets,
             )  # fmt: skip
+    refined_context = context if settings.refine.target == "context" else None
     with clock.stage("decode"), decode_autocast(dtype, device):
         if context is None:
             with torch.no_grad():
                 context = model.process(latents)
-        grid = decode_context(
-            model, context, surfaces, normalization, settings.resolution, truncation
+        grid = decode_box(
+            model, context, low, high, settings.resolution, truncation, normalization.scale
         )
     present = set(surfaces)
     with clock.stage("meshes"):
-        meshes, dropped = class_meshes(grid, normalization, settings.min_piece, pool)
-        meshes = {c: m for c, m in meshes.items() if c in present}
+        meshes, dropped, outside = shape_meshes(
+            grid, normalization, supports.result(), settings.min_piece, present, pool
+        )
     with clock.stage("labels"):
-        classes = label_volume(grid, normalization, volume, device)
-        classes[~np.isin(classes, list(present))] = 0
+        classes = shape_labels(grid, normalization, volume, present, device)
     with ThreadPoolExecutor(1) as preview_thread:  # matplotlib's drawing beside the rest
         out_dir.mkdir(parents=True, exist_ok=True)
         preview_args = (preview_slices(volume.classes, classes), meshes, out_dir / "preview.png")
@@ -199,6 +197,23 @@ def reconstruct(
             path = out_dir / "reconstruction.nii.gz"
             write_label_volume(classes, volume.affine, label_table, path)
             np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
+            ShapeCode(
+                checkpoint_sha256=loaded.sha256,
+                latents=latents[0].detach().float().cpu().numpy(),
+                encoded=encoded[0].detach().float().cpu().numpy(),
+                context=None
+                if refined_context is None
+                else refined_context[0].detach().float().cpu().numpy(),
+                normalization=normalization,
+                low=low,
+                high=high,
+                resolution=settings.resolution,
+                min_piece=settings.min_piece,
+                supports=supports.result(),
+                grid=VoxelGrid(volume.affine, volume.shape),
+                label_table=label_table,
+                classes=tuple(sorted(present)),
+            ).save(out_dir / "shape_code.npz")
             (out_dir / "slices.json").write_text(json.dumps(slice_contours(volume)))
         with clock.stage("report"):
             metrics = class_metrics(volume, classes, surfaces, meshes)
@@ -209,7 +224,8 @@ def reconstruct(
                 "classes": metrics,
                 "grid": grid_record(
                     grid, settings.resolution, settings.min_piece, dropped, label_table
-                ),
+                )
+                | support_record(supports.result(), outside, grid, normalization, label_table),
                 "normalization": normalization_record(normalization),
                 "model": model_record(loaded),
                 "device": str(device),
@@ -217,7 +233,7 @@ def reconstruct(
                 "refinement": refinement,
                 "summary": summary(metrics),
             }
-    report["timings"] = {**clock.timings, "total_s": round(sum(clock.timings.values()), 3)}
+    report["timings"] = clock.summary()
     report["peak_memory_mb"] = peak_memory_mb()
     if device.type == "cuda":
         report["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
@@ -225,3 +241,25 @@ def reconstruct(
     if progress is not None:
         progress("done", 1.0)
     return report
+
+
+def _start_supports(
+    volume: LabelVolume,
+    surfaces: dict[int, Surface],
+    normalization: Normalization,
+    low: np.ndarray,
+    high: np.ndarray,
+    settings: ReconstructSettings,
+) -> Future[ClassSupports]:
+    """Where each class may appear (`supports`), made on a thread beside the device's work."""
+    if settings.support_margin_mm is None:
+        everywhere: Future[ClassSupports] = Future()
+        everywhere.set_result(ClassSupports.everywhere(volume.label_table.num_classes, low))
+        return everywhere
+    thread = ThreadPoolExecutor(1)
+    supports = thread.submit(
+        ClassSupports.of_input, volume, surfaces, normalization, low, high,
+        settings.support_margin_mm,
+    )  # fmt: skip
+    thread.shutdown(wait=False)  # its thread ends with the job
+    return supports

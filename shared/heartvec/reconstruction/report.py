@@ -14,6 +14,7 @@ from heartvec.normalization import Normalization
 from heartvec.reconstruction.encoding import LoadedModel
 from heartvec.reconstruction.grid import SdfGrid
 from heartvec.reconstruction.metrics import overlaps, surface_distances
+from heartvec.reconstruction.supports import ClassSupports
 from heartvec.resources import available_cpus
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
@@ -86,6 +87,25 @@ def grid_record(
         "pieces_dropped": {label_table.class_name(c): n for c, n in sorted(pieces_dropped.items())},
         "low": grid.low.tolist(),
         "high": grid.high.tolist(),
+    }
+
+
+def support_record(
+    supports: ClassSupports,
+    outside: dict[int, int],
+    grid: SdfGrid,
+    normalization: Normalization,
+    label_table: LabelTable,
+) -> dict[str, Any]:
+    """How far from the input each class may reach, and what was set outside that: grid
+    points and their volume in mm^3, per class."""
+    point_mm3 = float(np.prod(grid.spacing)) * normalization.scale**3
+    return {
+        "support_margin_mm": supports.margin_mm,
+        "outside_support": {
+            label_table.class_name(c): {"points": n, "mm3": round(n * point_mm3, 1)}
+            for c, n in sorted(outside.items())
+        },
     }
 
 

@@ -62,7 +62,8 @@ def read_metrics(services: ServicesDep) -> str:
     )
     workers = store.workers()
     for worker in workers:
-        age = (now - worker.last_seen_at).total_seconds()
+        # a heartbeat written after `now` was taken is seen just now, not in the future
+        age = max(0.0, (now - worker.last_seen_at).total_seconds())
         lines.append(
             f'heartvec_worker_last_seen_seconds{{worker="{_label(worker.name)}"}} {age:.3f}'
         )
