@@ -1,0 +1,159 @@
+"""The checkpoint alone (the encoder's latents, no refinement) against training: per class, on
+real subject B (never trained on), real subject A (marked when a run trained on hearts made from
+it) and unseen phantoms, for a list of checkpoints (a run's snapshots: each one's step and
+training time are read from it). Updates BENCHMARKS.md with a table, Dice against training time
+and the run's own curve.
+
+Usage: .venv/bin/python bench/encoder.py [--checkpoints A.pt B.pt ...] [--run RUN]
+       [--trained-on-a] [--resolution 128] [--seeds 5000 5001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from benchmarks_md import write_section
+from reconstruct import REPO, cpu_description
+from tqdm import tqdm
+
+from heartvec.labels import CLASS_NAMES, load_label_table
+from heartvec.model.checkpoint import load_checkpoint
+from heartvec.phantom import make_phantom
+from heartvec.reconstruction.encoding import load_model
+from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
+from heartvec.reconstruction.refine import RefineSettings
+from heartvec.settings import BUNDLED_CHECKPOINT
+from heartvec_testing.volumes import write_nifti
+
+DATA = REPO.parent / "shared" / "data"
+REAL = {
+    "real B": (DATA / "second_heart_mmwhs_raw_labels.nii.gz", "mmwhs-raw"),
+    "real A": (DATA / "whole_heart_mmwhs_labels.nii.gz", "mmwhs"),
+}
+RESULTS = REPO / "bench" / "results"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[BUNDLED_CHECKPOINT])
+    parser.add_argument("--run", type=Path, help="the run the checkpoints come from")
+    parser.add_argument("--trained-on-a", action="store_true", help="the run saw subject A")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[5000, 5001])
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    saved = RESULTS / "encoder.json"
+    if args.report_only:
+        write_report(json.loads(saved.read_text()))
+        return 0
+    settings = ReconstructSettings(resolution=args.resolution, refine=RefineSettings(steps=0))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        cases = {name: spec for name, spec in REAL.items() if spec[0].is_file()}
+        for seed in args.seeds:
+            labels, affine = make_phantom(seed, size=256, spacing=1.0)
+            path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
+            cases[f"phantom {seed}"] = (path, "default")
+        for checkpoint in tqdm(args.checkpoints, desc="checkpoints"):
+            state = load_checkpoint(checkpoint)
+            loaded = load_model(checkpoint)
+            row: dict[str, Any] = {
+                "checkpoint": checkpoint.name,
+                "sha256": loaded.sha256,
+                "step": state.get("step"),
+                "elapsed_s": state.get("elapsed_s"),
+                "cases": {},
+            }
+            for name, (path, table) in cases.items():
+                report = reconstruct(
+                    path, folder / "out", load_label_table(table), loaded, settings
+                )
+                row["cases"][name] = {
+                    "mean_dice": report["summary"]["mean_dice"],
+                    "dice": {c: v["dice"] for c, v in report["classes"].items()},
+                    "mean_hd95_mm": report["summary"]["mean_hd95_mm"],
+                }
+            rows.append(row)
+    summary = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": cpu_description(),
+        "resolution": args.resolution,
+        "trained_on_a": args.trained_on_a,
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    if args.run is not None and (args.run / "training_curve.png").is_file():
+        shutil.copy(args.run / "training_curve.png", RESULTS / "encoder_run_curve.png")
+        summary["run_history"] = json.loads((args.run / "history.json").read_text())
+    saved.write_text(json.dumps(summary, indent=2))
+    write_report(summary)
+    return 0
+
+
+def write_report(summary: dict[str, Any]) -> None:
+    """The section of BENCHMARKS.md and its pictures, from the results."""
+    rows = summary["rows"]
+    cases = list(rows[0]["cases"])
+    seen = " (a run trained on hearts made from A)" if summary["trained_on_a"] else ""
+    plot(rows, cases, RESULTS / "encoder.png")
+    lines = [
+        f"Measured {summary['date']} on {summary['machine']} by `bench/encoder.py`: the "
+        f"checkpoint alone (`--refine-steps 0`), resolution {summary['resolution']}, mean Dice "
+        f"(seven large structures on the real subjects). Real B was never trained on{seen}.",
+        "",
+        "| checkpoint | step | training | " + " | ".join(cases) + " |",
+        "|---|---|---|" + "---|" * len(cases),
+    ]
+    for row in rows:
+        hours = f"{row['elapsed_s'] / 3600:.2f} h" if row["elapsed_s"] else "-"
+        values = " | ".join(f"{row['cases'][c]['mean_dice']:.3f}" for c in cases)
+        lines.append(f"| {row['checkpoint']} | {row['step'] or '-'} | {hours} | {values} |")
+    last = rows[-1]["cases"]
+    lines += ["", "Per class, the last checkpoint:", "",
+              "| case | " + " | ".join(CLASS_NAMES) + " |",
+              "|---|" + "---|" * len(CLASS_NAMES)]  # fmt: skip
+    for case in cases:
+        dice = last[case]["dice"]
+        cells = [f"{dice[n]:.2f}" if n in dice else "-" for n in CLASS_NAMES]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    lines += ["", "![the checkpoint alone against training](bench/results/encoder.png)"]
+    if "run_history" in summary:
+        lines += ["", "![the run's own curve](bench/results/encoder_run_curve.png)"]
+    write_section("bench/encoder.py", "The checkpoint alone against training", lines)
+
+
+def plot(rows: list[dict[str, Any]], cases: list[str], path: Path) -> None:
+    figure, (curve, classes) = plt.subplots(1, 2, figsize=(13, 4.5))
+    hours = [(row["elapsed_s"] or 0.0) / 3600 for row in rows]
+    for case in cases:
+        curve.plot(hours, [row["cases"][case]["mean_dice"] for row in rows], "o-", label=case)
+    curve.set(xlabel="training time of this stage (h)", ylabel="mean Dice, checkpoint alone",
+              title="the encoder's latents, no refinement")  # fmt: skip
+    curve.legend()
+    names = list(rows[-1]["cases"][cases[0]]["dice"])
+    x = np.arange(len(names))
+    for offset, (row, label) in zip(
+        (-0.2, 0.2), ((rows[0], "first"), (rows[-1], "last")), strict=True
+    ):
+        dice = row["cases"][cases[0]]["dice"]
+        classes.bar(
+            x + offset, [dice[n] for n in names], 0.4, label=f"{label}: {row['checkpoint']}"
+        )
+    classes.set_xticks(x, [n.replace("_", " ") for n in names], rotation=60)
+    classes.set(ylabel="Dice", title=f"per class on {cases[0]}")
+    classes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
