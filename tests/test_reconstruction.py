@@ -20,6 +20,7 @@ from heartvec.reconstruction import defaults
 from heartvec.reconstruction.export import write_label_volume
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
+from heartvec_testing.volumes import write_nifti
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -149,6 +150,35 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     (tmp_path / "not-a-code.npz").write_text("hello")
     status, _, err = run_cli("decode", tmp_path / "not-a-code.npz", "--out", tmp_path / "y")
     assert status == 2 and "not a shape code" in err
+
+
+def test_a_scan_mostly_empty_reconstructs_as_its_hearts_crop(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A CT scan is mostly not heart: the work is done where the heart and its decoding cube
+    are, and the outputs are those of the heart's crop, on the scan's own grid."""
+    phantom, checkpoint = trained
+    image = nib.load(phantom)
+    labels = np.asarray(image.dataobj)
+    scan = np.zeros((160, 150, 170), dtype=labels.dtype)
+    offset = np.array([30, 20, 45])
+    scan[tuple(slice(o, o + n) for o, n in zip(offset, labels.shape, strict=True))] = labels
+    affine = image.affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ offset  # the heart keeps its world position
+    scan_path = write_nifti(tmp_path / "scan.nii.gz", scan, affine)
+    settings = ReconstructSettings(resolution=48, refine=RefineSettings(steps=5))
+    table = load_label_table("default")
+    crop = reconstruct(phantom, tmp_path / "crop", table, checkpoint, settings)
+    whole = reconstruct(scan_path, tmp_path / "scan", table, checkpoint, settings)
+    assert whole["classes"] == crop["classes"]
+    written = nib.load(tmp_path / "scan" / "reconstruction.nii.gz")
+    np.testing.assert_allclose(written.affine, affine)
+    everything = np.asarray(written.dataobj)
+    inside = tuple(slice(o, o + n) for o, n in zip(offset, labels.shape, strict=True))
+    expected = np.asarray(nib.load(tmp_path / "crop" / "reconstruction.nii.gz").dataobj)
+    np.testing.assert_array_equal(everything[inside], expected)
+    everything[inside] = 0
+    assert not everything.any()
 
 
 def test_flipped_input_reconstructs_on_its_own_grid(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -53,6 +53,8 @@ class LabelVolume:
         label_counts: voxels per label value found in the file, 0 included.
         unknown_labels: values not in the table, set to background (only with
             `ignore_unknown_labels`).
+        origin: where this volume's first voxel lies in the file's grid: (0, 0, 0) for the
+            whole file, a crop's corner otherwise (`crop`).
     """
 
     path: str
@@ -61,6 +63,41 @@ class LabelVolume:
     label_table: LabelTable
     label_counts: dict[int, int]
     unknown_labels: list[int] = field(default_factory=list)
+    origin: tuple[int, int, int] = (0, 0, 0)
+
+    def foreground_box(self, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(3,) first and (3,) one-past-last voxel index of the foreground, `margin` voxels
+        wider on each side within the grid."""
+        hits = [np.flatnonzero(self.classes.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+        low = np.array([h[0] for h in hits]) - margin
+        high = np.array([h[-1] + 1 for h in hits]) + margin
+        return np.maximum(low, 0), np.minimum(high, self.shape)
+
+    def crop(self, low: np.ndarray, high: np.ndarray) -> LabelVolume:
+        """The voxels from `low` to `high` (exclusive; clipped to the grid), a view, with the
+        affine moved so that every voxel keeps its world position."""
+        low, high = np.maximum(low, 0).astype(int), np.minimum(high, self.shape).astype(int)
+        affine = self.affine.copy()
+        affine[:3, 3] = self.world_from_voxel(low[None].astype(float))[0]
+        origin = tuple(int(o + lo) for o, lo in zip(self.origin, low, strict=True))
+        return replace(
+            self,
+            classes=self.classes[low[0] : high[0], low[1] : high[1], low[2] : high[2]],
+            affine=affine,
+            origin=origin,  # type: ignore[arg-type]
+        )
+
+    def box_around(
+        self, world_low: np.ndarray, world_high: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The voxel index range (first, one past last; within the grid) covering the world box
+        from `world_low` to `world_high` (its eight corners, in any orientation)."""
+        corners = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)])
+        world = world_low + corners * (np.asarray(world_high) - world_low)
+        ijk = self.voxel_from_world(world)
+        low = np.floor(ijk.min(axis=0)).astype(int) - 1
+        high = np.ceil(ijk.max(axis=0)).astype(int) + 2
+        return np.maximum(low, 0), np.minimum(high, self.shape)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -32,7 +32,8 @@ def slice_contours(volume: LabelVolume) -> dict[str, Any]:
                 ijk = np.insert(line - 1, axis, centre[axis], axis=1)  # (N, 3) voxel indices
                 lines.append(np.round(volume.world_from_voxel(ijk), 2).tolist())
             outlines[str(int(class_index))] = lines
-        slices.append({"axis": axis, "index": int(centre[axis]), "classes": outlines})
+        index = int(centre[axis] + volume.origin[axis])  # in the file's grid
+        slices.append({"axis": axis, "index": index, "classes": outlines})
     return {"slices": slices}
 
 

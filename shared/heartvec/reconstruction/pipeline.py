@@ -136,7 +136,8 @@ def reconstruct(
     rng = np.random.default_rng(settings.seed)
     pool = running_host_pool()  # a process that keeps its model started one; none is started here
     with clock.stage("load"):
-        volume = load_label_volume(source, label_table, ignore_unknown_labels)
+        whole = load_label_volume(source, label_table, ignore_unknown_labels)
+        volume = whole.crop(*whole.foreground_box(margin=2))  # the heart, for its surfaces
         surfaces = class_surfaces(volume)
     with clock.stage("model"):
         loaded = (
@@ -154,6 +155,9 @@ def reconstruct(
     if settings.refine.steps > 0:
         targets = start_targets(volume, surfaces, normalization, (settings.seed, 1), pool)
     low, high = grid_box(normalization, surfaces)
+    # from here on the heart and the decoding cube around it: beyond them the input has no
+    # class and the reconstruction none either (it is decoded within the cube)
+    volume = whole.crop(*_working_region(whole, volume, normalization, low, high))
     supports = _start_supports(volume, surfaces, normalization, low, high, settings)
 
     with clock.stage("encode"):
@@ -195,7 +199,7 @@ def reconstruct(
         with clock.stage("write"):
             write_meshes(meshes, label_table, out_dir)
             path = out_dir / "reconstruction.nii.gz"
-            write_label_volume(classes, volume.affine, label_table, path)
+            write_label_volume(_in_file(classes, volume, whole), whole.affine, label_table, path)
             np.save(out_dir / "latent.npy", latents[0].detach().float().cpu().numpy())
             ShapeCode(
                 checkpoint_sha256=loaded.sha256,
@@ -210,7 +214,7 @@ def reconstruct(
                 resolution=settings.resolution,
                 min_piece=settings.min_piece,
                 supports=supports.result(),
-                grid=VoxelGrid(volume.affine, volume.shape),
+                grid=VoxelGrid(whole.affine, whole.shape),
                 label_table=label_table,
                 classes=tuple(sorted(present)),
             ).save(out_dir / "shape_code.npz")
@@ -263,3 +267,29 @@ def _start_supports(
     )  # fmt: skip
     thread.shutdown(wait=False)  # its thread ends with the job
     return supports
+
+
+def _working_region(
+    whole: LabelVolume,
+    heart: LabelVolume,
+    normalization: Normalization,
+    low: np.ndarray,
+    high: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of `whole` that hold the heart (the crop `heart`) or the decoding cube
+    [low, high] (normalized): (first, one past last) indices."""
+    cube_low, cube_high = whole.box_around(
+        normalization.to_world(low), normalization.to_world(high)
+    )
+    heart_low = np.array(heart.origin)
+    return np.minimum(cube_low, heart_low), np.maximum(cube_high, heart_low + heart.shape)
+
+
+def _in_file(classes: np.ndarray, region: LabelVolume, whole: LabelVolume) -> np.ndarray:
+    """The label volume of a crop (`region`) on the whole file's grid, background elsewhere."""
+    if region.shape == whole.shape:
+        return classes
+    placed = np.zeros(whole.shape, dtype=classes.dtype)
+    first = region.origin
+    placed[tuple(slice(o, o + n) for o, n in zip(first, region.shape, strict=True))] = classes
+    return placed
