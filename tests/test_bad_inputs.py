@@ -108,3 +108,24 @@ def test_raw_mmwhs_codes_map_to_classes(tmp_path: Path) -> None:
     path = write_nifti(tmp_path / "raw.nii.gz", labels, AFFINE)
     volume = load_label_volume(path, load_label_table("mmwhs-raw"))
     assert volume.classes[10, 10, 10] == 1 and volume.classes[3, 3, 3] == 2
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_mostly_empty_scan_loads_as_a_whole(suffix: str, tmp_path: Path) -> None:
+    """Counts and classes come from the box of the nonzero voxels: the rest must still be
+    counted as background and stay background, whatever the values inside the box."""
+    scan = np.zeros((60, 50, 70), dtype=np.int16)
+    scan[20:30, 11:19, 40:52] = 500
+    scan[25, 12, 44] = 205
+    scan[33, 30, 60] = -7  # an unknown value outside the heart widens the box
+    path = write_nifti(tmp_path / f"scan{suffix}", scan, AFFINE)
+    volume = load_label_volume(path, load_label_table("mmwhs-raw"), ignore_unknown_labels=True)
+    values, counts = np.unique(scan, return_counts=True)
+    assert volume.label_counts == dict(zip(values.tolist(), counts.tolist(), strict=True))
+    assert volume.unknown_labels == [-7]
+    expected = np.zeros(scan.shape, dtype=np.uint8)
+    expected[scan == 500], expected[scan == 205] = 1, 2
+    np.testing.assert_array_equal(volume.classes, expected)
+    low, high = volume.foreground_box()
+    np.testing.assert_array_equal(low, [20, 11, 40])
+    np.testing.assert_array_equal(high, [30, 19, 52])

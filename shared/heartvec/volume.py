@@ -10,13 +10,17 @@ import gzip
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
+from isal import igzip, isal_zlib
 
 from heartvec.errors import InputError
 from heartvec.labels import LabelTable
 
+# its stub declares an instance, not the class
+_INFLATE_ERROR = cast(type[Exception], isal_zlib.error)
 MAX_VOXELS = 1024**3
 """Default upper bound on the voxel count of one volume (a 1 GiB uint8 class volume)."""
 
@@ -64,14 +68,18 @@ class LabelVolume:
     label_counts: dict[int, int]
     unknown_labels: list[int] = field(default_factory=list)
     origin: tuple[int, int, int] = (0, 0, 0)
+    # where the file's nonzero voxels lie (first, one past last), known from loading
+    nonzero_box: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def foreground_box(self, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(3,) first and (3,) one-past-last voxel index of the foreground, `margin` voxels
         wider on each side within the grid."""
-        hits = [np.flatnonzero(self.classes.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-        low = np.array([h[0] for h in hits]) - margin
-        high = np.array([h[-1] + 1 for h in hits]) + margin
-        return np.maximum(low, 0), np.minimum(high, self.shape)
+        start = np.zeros(3, dtype=int) if self.nonzero_box is None else self.nonzero_box[0]
+        stop = np.array(self.shape) if self.nonzero_box is None else self.nonzero_box[1]
+        low, high = nonzero_box(self.classes[_slices(start, stop)])
+        return np.maximum(start + low - margin, 0), np.minimum(start + high + margin, self.shape)
 
     def crop(self, low: np.ndarray, high: np.ndarray) -> LabelVolume:
         """The voxels from `low` to `high` (exclusive; clipped to the grid), a view, with the
@@ -82,9 +90,10 @@ class LabelVolume:
         origin = tuple(int(o + lo) for o, lo in zip(self.origin, low, strict=True))
         return replace(
             self,
-            classes=self.classes[low[0] : high[0], low[1] : high[1], low[2] : high[2]],
+            classes=self.classes[_slices(low, high)],
             affine=affine,
             origin=origin,  # type: ignore[arg-type]
+            nonzero_box=None,
         )
 
     def box_around(
@@ -200,10 +209,32 @@ def read_nifti_header(path: str | Path, max_voxels: int = MAX_VOXELS) -> nib.Nif
     return image
 
 
+def nonzero_box(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(3,) first and (3,) one-past-last index of the nonzero voxels of a 3-D array; an empty
+    box at the origin when there are none. Reduces the longest axes last, on the slab found."""
+    low, high = np.zeros(3, dtype=int), np.zeros(3, dtype=int)
+    along_z = np.flatnonzero(data.any(axis=(0, 1)))
+    if along_z.size == 0:
+        return low, high
+    low[2], high[2] = along_z[0], along_z[-1] + 1
+    slab = data[:, :, low[2] : high[2]]
+    along_x = np.flatnonzero(slab.any(axis=(1, 2)))
+    low[0], high[0] = along_x[0], along_x[-1] + 1
+    along_y = np.flatnonzero(slab[low[0] : high[0]].any(axis=(0, 2)))
+    low[1], high[1] = along_y[0], along_y[-1] + 1
+    return low, high
+
+
+def _slices(low: np.ndarray, high: np.ndarray) -> tuple[slice, slice, slice]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))  # type: ignore[return-value]
+
+
 def _read_voxels(image: nib.Nifti1Image, path: Path) -> np.ndarray:
     try:
+        if path.name.endswith(".gz"):  # ISA-L inflates ~4x faster than the gzip module
+            image = type(image).from_bytes(igzip.decompress(path.read_bytes()))
         data = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, zlib.error, ValueError) as e:
+    except (OSError, EOFError, zlib.error, _INFLATE_ERROR, ValueError) as e:
         raise InputError(path, f"truncated or corrupt voxel data ({e})") from e
     data = data.reshape(data.shape[:3])
     if data.dtype.kind not in "iuf" or (data.dtype.kind == "f" and data.dtype.itemsize > 8):
@@ -260,16 +291,23 @@ def load_label_volume(
     path = Path(path)
     image = read_nifti_header(path, max_voxels)
     data = _as_integer_labels(_read_voxels(image, path), path)
-    counts = _count_labels(data)
+    # a scan is mostly background: count and map only the box of its nonzero voxels
+    low, high = nonzero_box(data)
+    inside = data[_slices(low, high)]
+    counts = _count_labels(inside) if inside.size else {}
+    if data.size > inside.size:
+        counts[0] = counts.get(0, 0) + data.size - inside.size
     unknown = _check_labels(path, counts, label_table, ignore_unknown_labels)
-    classes = _map_to_classes(data, label_table)
+    classes = np.zeros(data.shape, dtype=np.uint8)
+    classes[_slices(low, high)] = _map_to_classes(inside, label_table)
     return LabelVolume(
         path=str(path),
         classes=classes,
         affine=np.asarray(image.affine, dtype=np.float64),
         label_table=label_table,
-        label_counts=counts,
+        label_counts=dict(sorted(counts.items())),
         unknown_labels=unknown,
+        nonzero_box=(low, high),
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from heartvec.labels import LabelTable
 from heartvec.surfaces import Surface
@@ -163,4 +164,7 @@ def write_label_volume(
     dtype = np.uint8 if 0 <= min(values) and max(values) <= 255 else np.int16  # noqa: SIM300
     image = nib.Nifti1Image(lookup.astype(dtype)[classes], affine)
     image.header.set_xyzt_units("mm")
-    nib.save(image, path)
+    if path.name.endswith(".gz"):  # ISA-L level 1: ~10x faster than zlib's and smaller
+        path.write_bytes(igzip.compress(image.to_bytes(), compresslevel=1))
+    else:
+        nib.save(image, path)
