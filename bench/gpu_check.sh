@@ -8,6 +8,8 @@
 #   bench      bench/train.py's GPU rows (throughput, peak memory; `base, 2, autograd` included)
 #   reconstruct  `heartvec reconstruct --device cuda` with the bundled checkpoint, defaults
 #   service    a job through `heartvec serve --embedded` on the GPU, upload to succeeded
+#   realct     bench/real_ct.py on the GPU: the real subjects' scans and heart crops against a
+#              256^3 phantom (carry the data: REAL_DATA=folder, default ../shared/data)
 # Everything goes to $OUT: summary.txt (a line per check: PASS/FAIL, seconds, figures),
 # gpu_check.log (the whole output) and results.tar.gz (reports, histories, bench/results JSON
 # and PNG, BENCHMARKS.md as bench/train.py rewrote it).
@@ -21,7 +23,8 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:?set OUT to a folder for the results}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
-CHECKS=${CHECKS:-ddp sigterm evaluate bench reconstruct service}
+CHECKS=${CHECKS:-ddp sigterm evaluate bench reconstruct service realct}
+REAL_DATA=${REAL_DATA:-../shared/data}
 WORK=${WORK:-/tmp/heartvec-gpu-check}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=${TQDM_MININTERVAL:-10}
 rm -rf "$WORK" && mkdir -p "$OUT" "$WORK/keep"
@@ -211,6 +214,20 @@ PY
     note="job succeeded $(json "$WORK/keep/service_job.json" 'j["upload_to_done_s"]') s after"
     note="$note upload, mean Dice"
     note="$note $(json "$WORK/keep/service_job.json" 'round(j["metrics"]["summary"]["mean_dice"], 3)')"
+}
+
+check_realct() {
+    local quick=()
+    [ "$QUICK" = 1 ] && quick=(--resolution "$RESOLUTION" --refine-steps "$REFINE")
+    python3 bench/real_ct.py --device "$DEVICE" --repeats 1 --data "$REAL_DATA" "${quick[@]}" \
+        | tee "$WORK/keep/real_ct_rows.jsonl" || return 1
+    note=$(python3 - "$WORK/keep/real_ct_rows.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+print(", ".join(f"{r['case']} {r['timings']['total_s']} s" for r in rows))
+PY
+)
+    [ "$QUICK" = 1 ] || cp bench/results/real_ct_* BENCHMARKS.md "$WORK/keep/"
 }
 
 for name in $CHECKS; do

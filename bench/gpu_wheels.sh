@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 WHEELS=(
     alembic==1.20.1 amqp==5.4.2 annotated-types==0.8.0 billiard==4.3.2 celery==5.7.0
     click-didyoumean==0.3.1 click-plugins==1.1.1.2 click-repl==0.4.1 fastapi==0.165.0
-    fcpw==1.2.0 httptools==0.9.0 importlib-resources==7.1.0 kombu==5.7.0 mako==1.4.3
+    fcpw==1.2.0 httptools==0.9.0 importlib-resources==7.1.0 isal==1.7.2 kombu==5.7.0 mako==1.4.3
     nibabel==5.4.2 opentelemetry-api==1.45.2 prompt-toolkit==3.0.53 pydantic==2.14.3 pydantic-core==2.50.4 pydantic-settings==2.16.3
     python-dotenv==1.2.4 python-multipart==0.0.34 redis==8.2.0 sqlalchemy==2.1.9
     starlette==1.10.0 typing-inspection==0.4.5 tzlocal==5.4.5 uvicorn==0.54.0 vine==5.1.0
