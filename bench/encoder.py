@@ -133,9 +133,11 @@ def write_report(summary: dict[str, Any]) -> None:
 
 def plot(rows: list[dict[str, Any]], cases: list[str], path: Path) -> None:
     figure, (curve, classes) = plt.subplots(1, 2, figsize=(13, 4.5))
-    hours = [(row["elapsed_s"] or 0.0) / 3600 for row in rows]
+    timeline = sorted(rows, key=lambda row: row["elapsed_s"] or 0.0)  # best and last among them
+    hours = [(row["elapsed_s"] or 0.0) / 3600 for row in timeline]
     for case in cases:
-        curve.plot(hours, [row["cases"][case]["mean_dice"] for row in rows], "o-", label=case)
+        dice = [row["cases"][case]["mean_dice"] for row in timeline]
+        curve.plot(hours, dice, "o-", label=case)
     curve.set(xlabel="training time of this stage (h)", ylabel="mean Dice, checkpoint alone",
               title="the encoder's latents, no refinement")  # fmt: skip
     curve.legend()

@@ -45,9 +45,8 @@ def test_unseen_phantom_with_the_defaults(small_phantom: Path, tmp_path: Path,
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["checkpoint"] == str(BUNDLED_CHECKPOINT)
     assert report["model"]["preset"] == "small"
-    offsets = report["model"]["level_offset"]  # bench/level_offset.py, in the head bias
+    offsets = report["model"]["level_offset"]  # each class's, in the head bias (0: none)
     assert set(offsets) == set(CLASS_NAMES)
-    assert any(offsets.values())
     assert json.loads(stdout.strip().splitlines()[-1])["out"] == str(out)
     assert report["summary"]["mean_dice"] >= PHANTOM_MEAN_DICE
     assert report["summary"]["mean_dice_large"] >= PHANTOM_MEAN_DICE_LARGE
