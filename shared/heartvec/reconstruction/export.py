@@ -165,6 +165,7 @@ def write_label_volume(
     image = nib.Nifti1Image(lookup.astype(dtype)[classes], affine)
     image.header.set_xyzt_units("mm")
     if path.name.endswith(".gz"):  # ISA-L level 1: ~10x faster than zlib's and smaller
-        path.write_bytes(igzip.compress(image.to_bytes(), compresslevel=1))
+        # mtime 0: the same volume gives the same bytes whenever it is written
+        path.write_bytes(igzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
     else:
         nib.save(image, path)
