@@ -1,10 +1,11 @@
 """Is the checkpoint's zero level biased? Dice without refinement when every class's surface is
 taken at SDF = offset instead of 0 (offset > 0 grows the shapes), on phantoms the checkpoint
-was trained on (to choose offsets) and on unseen ones and the real heart (to check them).
+was trained on (to choose offsets; with --training-real, also the real subjects its training
+hearts were made from) and on unseen phantoms and real subjects (to check them).
 
 Each case is encoded once and decoded once on the dense grid (so every level is exact, not
 limited to the narrow band around 0); each offset only changes which voxels count as inside.
-Each class then gets the offset nearest 0 whose mean Dice on the training phantoms is within
+Each class then gets the offset nearest 0 whose mean Dice on the training cases is within
 --tolerance (0.001) of the best offset's, and that set is scored on every case. Decoding is in
 fp32 unless --precision says otherwise. Writes bench/results/level_offset.json and .png and
 its section of BENCHMARKS.md, with the `export-checkpoint` line that applies the offsets.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from benchmarks_md import write_section
 from cases import phantom_volume
-from reconstruct import REAL_HEART, REPO, cpu_description
+from reconstruct import REPO, cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
@@ -47,9 +48,28 @@ from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
 from heartvec.volume import LabelVolume, load_label_volume
 
-OFFSETS = [0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.0075, 0.01, 0.015]
+OFFSETS = [
+    -0.004,
+    -0.002,
+    -0.001,
+    0.0,
+    0.001,
+    0.002,
+    0.003,
+    0.004,
+    0.005,
+    0.006,
+    0.0075,
+    0.01,
+    0.015,
+]
 # Dice a class may give up for an offset nearer 0 (see per_class_choice)
 TOLERANCE = 0.001
+DATA = REPO.parent / "shared" / "data"
+REAL = {
+    "A": (DATA / "whole_heart_mmwhs_labels.nii.gz", "mmwhs"),
+    "B": (DATA / "second_heart_mmwhs_raw_labels.nii.gz", "mmwhs-raw"),
+}
 
 
 @dataclass
@@ -125,6 +145,13 @@ def per_class_choice(
     return chosen
 
 
+def global_choice(cases: dict[str, Any], offsets: list[float]) -> float:
+    """The one offset for every class with the best mean Dice over `cases` (nearest 0 on a tie)."""
+    mean = means(cases, "mean_dice")
+    best = max(mean)
+    return min((o for o, m in zip(offsets, mean, strict=True) if m >= best - 1e-9), key=abs)
+
+
 def means(cases: dict[str, Any], key: str) -> list[float]:
     """Per offset, the mean of `key` over the cases."""
     per_case = [[row[key] for row in case["rows"]] for case in cases.values()]
@@ -137,7 +164,14 @@ def main() -> int:
     parser.add_argument("--training-seeds", type=int, nargs="+", default=list(range(1000, 1008)))
     parser.add_argument("--seeds", type=int, nargs="+", default=[5000, 5001, 5002])
     parser.add_argument("--offsets", type=float, nargs="+", default=OFFSETS)
+    parser.add_argument("--training-real", nargs="*", default=[], choices=sorted(REAL),
+                        help="real subjects (in ../shared/data) the checkpoint's training hearts "
+                        "were made from: they join the training phantoms in choosing; the "
+                        "others are held out")  # fmt: skip
     parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite plot and BENCHMARKS.md from the json"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"],
                         help="of decoding (default fp32: the field itself, so that every "
@@ -146,6 +180,13 @@ def main() -> int:
                         help="per class, the offset nearest 0 within this much mean Dice of "
                         "the best one (default %(default)s)")  # fmt: skip
     args = parser.parse_args()
+    out = REPO / "bench" / "results"
+    if args.report_only:
+        saved = json.loads((out / "level_offset.json").read_text())
+        plot(saved, out / "level_offset.png")
+        update_benchmarks(saved)
+        return 0
+    args.offsets = sorted({*args.offsets, 0.0})  # the tables compare with the checkpoint's level
     checkpoint = args.checkpoint or default_checkpoint()
     loaded = load_model(checkpoint, args.device)
     names = list(loaded.state["class_names"])
@@ -160,6 +201,7 @@ def main() -> int:
         "class_names": names,
         "training": {},
         "unseen": {},
+        "real": {},
     }
     training: dict[str, Case] = {}
     for seed in tqdm(args.training_seeds, desc="training phantoms"):
@@ -168,30 +210,43 @@ def main() -> int:
         )
         rows = by_offset(training[str(seed)], args.offsets, len(names), loaded.device)
         results["training"][str(seed)] = {"rows": rows}
+    for name in args.training_real:
+        path, labels = REAL[name]
+        if path.is_file():
+            training[name] = decode_case(
+                loaded, load_label_volume(path, load_label_table(labels)), args.resolution,
+                args.precision,
+            )  # fmt: skip
+            rows = by_offset(training[name], args.offsets, len(names), loaded.device)
+            results["real"][name] = {"rows": rows, "trained": True}
     results["tolerance"] = args.tolerance
-    chosen = per_class_choice(results["training"], args.offsets, names, args.tolerance)
+    choosing = {**results["training"], **{f"real {k}": v for k, v in results["real"].items()}}
+    chosen = per_class_choice(choosing, args.offsets, names, args.tolerance)
     results["per_class"] = dict(zip(names, chosen, strict=True))
     vector = np.array(chosen)
-    for seed, case in training.items():
-        results["training"][seed]["per_class"] = score(case, vector, loaded.device)
+    for key, case in training.items():
+        group = results["real"] if key in REAL else results["training"]
+        group[key]["per_class"] = score(case, vector, loaded.device)
     del training
-    others = [str(seed) for seed in args.seeds] + (["real_heart"] if REAL_HEART.is_file() else [])
-    for name in tqdm(others, desc="unseen phantoms, real heart"):
-        volume = (
-            load_label_volume(REAL_HEART, load_label_table("mmwhs"))
-            if name == "real_heart"
-            else phantom_volume(int(name))
-        )
+    held_out = [
+        k for k, (path, _) in REAL.items() if k not in args.training_real and path.is_file()
+    ]
+    others = [str(seed) for seed in args.seeds] + held_out
+    for name in tqdm(others, desc="unseen phantoms, held-out real subjects"):
+        if name in REAL:
+            path, labels = REAL[name]
+            volume = load_label_volume(path, load_label_table(labels))
+        else:
+            volume = phantom_volume(int(name))
         case = decode_case(loaded, volume, args.resolution, args.precision)
         row: dict[str, Any] = {
             "rows": by_offset(case, args.offsets, len(names), loaded.device),
             "per_class": score(case, vector, loaded.device),
         }
-        if name == "real_heart":
-            results["real_heart"] = row
+        if name in REAL:
+            results["real"][name] = {**row, "trained": False}
         else:
             results["unseen"][name] = row
-    out = REPO / "bench" / "results"
     (out / "level_offset.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "level_offset.png")
     update_benchmarks(results)
@@ -210,16 +265,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
             axis.plot(offsets, means(results[group], key), "o-", color=colour, label=name)
             chosen = np.mean([c["per_class"][key] for c in results[group].values()])
             axis.axhline(chosen, color=colour, linestyle=":", label=f"{name}, per-class offsets")
-        if "real_heart" in results:
-            rows = results["real_heart"]["rows"]
-            axis.plot(offsets, [r[key] for r in rows], "s--", color="C2", label="real heart")
-            axis.axhline(results["real_heart"]["per_class"][key], color="C2", linestyle=":",
-                         label="real heart, per-class offsets")  # fmt: skip
+        for index, (name, real) in enumerate(results["real"].items()):
+            label = f"real {name} ({'trained on' if real['trained'] else 'held out'})"
+            colour = f"C{2 + index}"
+            axis.plot(offsets, [r[key] for r in real["rows"]], "s--", color=colour, label=label)
+            axis.axhline(real["per_class"][key], color=colour, linestyle=":",
+                         label=f"{label}, per-class offsets")  # fmt: skip
+        choosing = {**results["training"],
+                    **{k: r for k, r in results["real"].items() if r["trained"]}}  # fmt: skip
+        axis.axvline(global_choice(choosing, offsets), color="grey", linestyle="--",
+                     label="one offset for all, chosen on the training cases")  # fmt: skip
         axis.set(xlabel="level offset (SDF units; > 0 grows)", ylabel="Dice", title=title)
         axis.legend(fontsize="small")
     figure.suptitle(f"zero level of the checkpoint, no refinement, resolution "
-                    f"{results['resolution']} (dense); dotted: each class at its own offset, "
-                    "chosen on the training phantoms")  # fmt: skip
+                    f"{results['resolution']} (dense)\ndotted: each class at its own offset, "
+                    "chosen on the training cases")  # fmt: skip
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
@@ -234,8 +294,10 @@ def update_benchmarks(results: dict[str, Any]) -> None:
         f"{results['level_offset']}); no refinement, each case encoded once and decoded once on "
         f"the dense {results['resolution']}^3 grid in {results.get('precision', 'auto')}, its "
         "label volume taken at SDF = offset (> 0 grows the class). Last column: each class at "
-        "its own offset, the one nearest 0 whose "
-        "mean Dice on the training phantoms is within "
+        "its own offset, the one nearest 0 whose mean Dice on the training cases (the training "
+        "phantoms"
+        + "".join(f", real {k}" for k, r in results["real"].items() if r["trained"])
+        + ") is within "
         f"{results.get('tolerance', 0.0):g} of its best offset's.",
         "",
         "| cases | " + " | ".join(f"offset {o:g}" for o in offsets) + " | per class |",
@@ -248,24 +310,48 @@ def update_benchmarks(results: dict[str, Any]) -> None:
                   for k in ("mean_dice", "mean_dice_large")]  # fmt: skip
         cells.append(f"**{chosen[0]:.3f} / {chosen[1]:.3f}**")
         lines.append(f"| {name} (mean / seven large) | " + " | ".join(cells) + " |")
-    if "real_heart" in results:
-        cells = [f"{r['mean_dice']:.3f}" for r in results["real_heart"]["rows"]]
-        cells.append(f"**{results['real_heart']['per_class']['mean_dice']:.3f}**")
-        lines.append("| real heart (mean) | " + " | ".join(cells) + " |")
-    zero = offsets.index(0.0) if 0.0 in offsets else None
+    for name, real in results["real"].items():
+        cells = [f"{r['mean_dice']:.3f} / {r['mean_dice_large']:.3f}" for r in real["rows"]]
+        own = real["per_class"]
+        cells.append(f"**{own['mean_dice']:.3f} / {own['mean_dice_large']:.3f}**")
+        role = "trained on" if real["trained"] else "held out"
+        lines.append(f"| real {name}, {role} (mean / seven large) | " + " | ".join(cells) + " |")
+    zero = offsets.index(0.0)
+    choosing = {**results["training"],
+                **{k: r for k, r in results["real"].items() if r["trained"]}}  # fmt: skip
+    common = global_choice(choosing, offsets)
+    at = offsets.index(common)
+    held = [("unseen phantoms", results["unseen"])] + [
+        (f"held-out real {k}", {k: r}) for k, r in results["real"].items() if not r["trained"]
+    ]
+    moves = "; ".join(
+        f"{name} {means(cases, 'mean_dice')[zero]:.3f} -> {means(cases, 'mean_dice')[at]:.3f}"
+        for name, cases in held
+    )
     lines += [
         "",
-        "| class | offset chosen | unseen phantoms: Dice at 0 | Dice at its offset |",
-        "|---|---|---|---|",
+        f"One offset for every class, the best on the training cases' mean Dice: **{common:g}** "
+        f"(mean Dice at 0 -> at {common:g}: {moves}).",
+    ]
+    lines += [
+        "",
+        "| class | offset chosen | unseen phantoms: Dice at 0 | at its offset "
+        "| held-out real: Dice at 0 | at its offset |",
+        "|---|---|---|---|---|---|",
     ]
     unseen = list(results["unseen"].values())
+    held_out = [r for r in results["real"].values() if not r["trained"]]
     for name, offset in results["per_class"].items():
-        if name not in unseen[0]["per_class"]["dice"]:
-            continue
-        at_zero = (f"{np.mean([c['rows'][zero]['dice'][name] for c in unseen]):.3f}"
-                   if zero is not None else "")  # fmt: skip
-        at_own = np.mean([c["per_class"]["dice"][name] for c in unseen])
-        lines.append(f"| {name} | {offset:g} | {at_zero} | {at_own:.3f} |")
+        cells = []
+        for cases in (unseen, held_out):
+            cases = [c for c in cases if name in c["per_class"]["dice"]]
+            if not cases:
+                cells += ["", ""]
+                continue
+            at_zero = np.mean([c["rows"][zero]["dice"][name] for c in cases])
+            at_own = np.mean([c["per_class"]["dice"][name] for c in cases])
+            cells += [f"{at_zero:.3f}", f"{at_own:.3f}"]
+        lines.append(f"| {name} | {offset:g} | " + " | ".join(cells) + " |")
     offsets_arg = ",".join(f"{name}={offset:g}" for name, offset in results["per_class"].items())
     lines += [
         "",
