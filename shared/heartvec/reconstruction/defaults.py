@@ -2,6 +2,10 @@
 import torch to know them)."""
 
 RESOLUTION = 256
+# the input's class surfaces (encoder points, refinement targets, supports, surface metrics) are
+# extracted on blocks of voxels at most this wide: a CT scan's 0.35-0.5 mm voxels give the model
+# nothing a 1 mm grid does not (bench/working_resolution.py), at several times the triangles
+WORKING_MM = 1.0
 # refinement: chosen together by bench/refinement.py (its figures: BENCHMARKS.md)
 REFINE_STEPS = 400
 REFINE_LR = 3e-2  # Adam step size

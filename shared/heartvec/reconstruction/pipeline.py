@@ -86,6 +86,9 @@ class ReconstructSettings:
         `class_meshes`); 0 keeps every piece.
     support_margin_mm: how far from where the input has a class the class may appear
         (`supports`); None: anywhere.
+    working_mm: the input's class surfaces are extracted on blocks of voxels at most this
+        wide (`class_surfaces`); None: on the input's own voxels. The label volume and Dice stay
+        on the input's grid.
     precision: of the decoding: 'auto' (bf16 autocast on GPUs and on CPUs with native bf16
         instructions, fp32 elsewhere), 'fp32' or 'bf16'. Encoding and refinement stay fp32:
         refinement in bf16 lost Dice, bf16 decoding nothing measurable (BENCHMARKS.md).
@@ -98,12 +101,15 @@ class ReconstructSettings:
     precision: str = "auto"
     min_piece: float = defaults.MIN_PIECE
     support_margin_mm: float | None = MARGIN_MM
+    working_mm: float | None = defaults.WORKING_MM
 
     def __post_init__(self) -> None:
         ReconstructOptions.check("resolution", self.resolution, "--resolution")
         ReconstructOptions.check("refine_steps", self.refine.steps, "--refine-steps")
         if not 0 <= self.min_piece < 1:  # also NaN
             raise InputError("--min-piece", f"{self.min_piece}: need 0 <= fraction < 1")
+        if self.working_mm is not None and not 0 < self.working_mm < float("inf"):
+            raise InputError("working_mm", f"{self.working_mm}: need a spacing > 0 mm or None")
 
 
 def reconstruct(
@@ -138,7 +144,7 @@ def reconstruct(
     with clock.stage("load"):
         whole = load_label_volume(source, label_table, ignore_unknown_labels)
         volume = whole.crop(*whole.foreground_box(margin=2))  # the heart, for its surfaces
-        surfaces = class_surfaces(volume)
+        surfaces = class_surfaces(volume, settings.working_mm)
     with clock.stage("model"):
         loaded = (
             checkpoint
