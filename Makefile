@@ -109,6 +109,8 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/reconstruct.py
 	$(BIN)/python bench/refinement.py
 	$(BIN)/python bench/supports.py
+	$(BIN)/python bench/real_ct.py
+	$(BIN)/python bench/working_resolution.py
 	$(BIN)/python bench/service.py
 
 clean:

@@ -21,7 +21,13 @@ import pytest
 
 from heartvec.cli import main as heartvec_main
 from heartvec.phantom import make_phantom
-from heartvec_testing.volumes import REAL_HEART, SMALL_SIZE, SMALL_SPACING, write_nifti
+from heartvec_testing.volumes import (
+    HELD_OUT_HEART,
+    REAL_HEART,
+    SMALL_SIZE,
+    SMALL_SPACING,
+    write_nifti,
+)
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     import torch
@@ -41,6 +47,14 @@ def real_heart() -> Path:
     if not REAL_HEART.is_file():
         pytest.skip(f"real heart not found at {REAL_HEART}")
     return REAL_HEART
+
+
+@pytest.fixture(scope="session")
+def held_out_heart() -> Path:
+    """Real subject B, which no bundled checkpoint was trained on."""
+    if not HELD_OUT_HEART.is_file():
+        pytest.skip(f"held-out real heart not found at {HELD_OUT_HEART}")
+    return HELD_OUT_HEART
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 REAL_HEART = REPO.parent / "shared" / "data" / "whole_heart_mmwhs_labels.nii.gz"
 """Subject A of the kit beside the repository (MM-WHS labels); absent outside this workplace."""
 
+HELD_OUT_HEART = REPO.parent / "shared" / "data" / "second_heart_mmwhs_raw_labels.nii.gz"
+"""Subject B of the kit (raw MM-WHS codes, the `mmwhs-raw` table): no bundled checkpoint was
+trained on it, so it is where the checkpoint's own quality on an unseen heart is measured."""
+
 # small enough for fast tests, fine enough that the thinnest vessels stay several voxels wide
 SMALL_SIZE, SMALL_SPACING = 112, 1.8
 
