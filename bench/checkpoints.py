@@ -3,13 +3,20 @@ and alone (`--refine-steps 0`), on real subject B (never trained on), real subje
 a checkpoint's training saw hearts made from it) and unseen phantoms (256^3 at 1 mm), per class.
 What decides whether a new checkpoint (or a re-export with a level offset) ships.
 
-Usage: .venv/bin/python bench/checkpoints.py NAME=CKPT [NAME=CKPT ...] [--seeds 0 1 2]
-       [--phantoms 5000 5001] [--trained-on-a] [--report-only]
+A variant may change the refinement's settings: `NAME=CKPT,FIELD=VALUE,...` with fields of
+`RefineSettings` (e.g. `area=ckpt.pt,class_balance=0 even=ckpt.pt,class_balance=1`);
+`--refined-only` skips the checkpoint alone (which refinement settings do not change) and
+`--tag T` keeps the results apart (bench/results/checkpoints_T.json/.png, its own section).
+
+Usage: .venv/bin/python bench/checkpoints.py NAME=CKPT[,FIELD=VALUE...] [...] [--seeds 0 1 2]
+       [--phantoms 5000 5001] [--cases CASE ...] [--trained-on-a] [--refined-only] [--tag T]
+       [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -31,24 +38,67 @@ from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec_testing.volumes import write_nifti
 
-SAVED = REPO / "bench" / "results" / "checkpoints.json"
+RESULTS = REPO / "bench" / "results"
 MODES = ("defaults", "alone")
+# the sections of BENCHMARKS.md a tag writes: heading, the text after the table
+TAGGED = {
+    "": ("Checkpoints side by side", ""),
+    "class_balance": (
+        "Refinement: fit points balanced per class",
+        "`class_balance`: the share of the refinement's surface fit points split evenly among "
+        "the classes, the rest by area (0: all by area, the earlier default).",
+    ),
+}
+
+
+def saved_path(tag: str) -> Path:
+    return RESULTS / (f"checkpoints_{tag}.json" if tag else "checkpoints.json")
+
+
+def parse_variant(spec: str) -> tuple[str, Path, dict[str, Any]]:
+    """'NAME=CKPT[,FIELD=VALUE...]' -> (name, checkpoint, RefineSettings fields)."""
+    name, _, rest = spec.partition("=")
+    path, *pairs = rest.split(",")
+    if not name or not path:
+        raise ValueError(f"{spec!r}: give NAME=CKPT[,FIELD=VALUE...]")
+    fields = {f.name: f.type for f in dataclasses.fields(RefineSettings)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in fields:
+            raise ValueError(f"{spec!r}: {key!r} is no refinement setting ({sorted(fields)})")
+        kind = {"int": int, "float": float}.get(str(fields[key]), str)
+        changes[key] = kind(value)
+    RefineSettings(**changes)  # refused here, not after an hour of runs
+    return name, Path(path), changes
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="*", help="NAME=PATH, in the order shown")
+    parser.add_argument(
+        "checkpoints", nargs="*", help="NAME=PATH[,FIELD=VALUE...], in the order shown"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--phantoms", type=int, nargs="*", default=[5000, 5001])
+    parser.add_argument(
+        "--cases", nargs="+", help="only these cases ('real B', 'real A', 'phantom 5000', ...)"
+    )
     parser.add_argument("--trained-on-a", action="store_true", help="some of them saw subject A")
+    parser.add_argument("--refined-only", action="store_true", help="skip the checkpoint alone")
+    parser.add_argument("--tag", default="", choices=sorted(TAGGED))
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    saved = saved_path(args.tag)
     if args.report_only:
-        write_report(json.loads(SAVED.read_text()))
+        write_report(json.loads(saved.read_text()), args.tag)
         return 0
-    named = [spec.split("=", 1) for spec in args.checkpoints]
-    if not named or any(len(pair) != 2 for pair in named):
+    try:
+        named = [parse_variant(spec) for spec in args.checkpoints]
+    except ValueError as error:
+        parser.error(str(error))
+    if not named:
         parser.error("give the checkpoints as NAME=PATH")
+    modes = MODES[:1] if args.refined_only else MODES
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -57,24 +107,30 @@ def main() -> int:
             labels, affine = make_phantom(seed, size=256, spacing=1.0)
             path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
             cases[f"phantom {seed}"] = (path, "default")
+        if args.cases:
+            unknown = set(args.cases) - set(cases)
+            if unknown:
+                parser.error(f"unknown cases {sorted(unknown)}: expected some of {list(cases)}")
+            cases = {name: spec for name, spec in cases.items() if name in args.cases}
         jobs = [
-            (name, Path(path), case, mode, seed)
-            for name, path in named
+            (name, path, changes, case, mode, seed)
+            for name, path, changes in named
             for case in cases
-            for mode in MODES
+            for mode in modes
             for seed in (args.seeds if mode == "defaults" else [0])
         ]
-        loaded: dict[str, Any] = {}
-        for name, path, case, mode, seed in tqdm(jobs, desc="reconstructions"):
-            if name not in loaded:
-                loaded = {name: load_model(path)}  # one model in memory at a time
-            steps = {} if mode == "defaults" else {"refine": RefineSettings(steps=0)}
-            settings = ReconstructSettings(seed=seed, **steps)  # type: ignore[arg-type]
+        loaded: dict[Path, Any] = {}
+        for name, path, changes, case, mode, seed in tqdm(jobs, desc="reconstructions"):
+            if path not in loaded:
+                loaded = {path: load_model(path)}  # one model in memory at a time
+            refine = RefineSettings(**changes) if mode == "defaults" else RefineSettings(steps=0)
+            settings = ReconstructSettings(seed=seed, refine=refine)
             source, table = cases[case]
-            report = reconstruct(source, folder / "out", load_label_table(table), loaded[name],
+            report = reconstruct(source, folder / "out", load_label_table(table), loaded[path],
                                  settings)  # fmt: skip
             runs.append({
-                "checkpoint": name, "sha256": loaded[name].sha256, "case": case, "mode": mode,
+                "checkpoint": name, "sha256": loaded[path].sha256, "refine": changes,
+                "case": case, "mode": mode,
                 "seed": seed, "mean_dice": report["summary"]["mean_dice"],
                 "mean_hd95_mm": report["summary"]["mean_hd95_mm"],
                 "dice": {c: m["dice"] for c, m in report["classes"].items()},
@@ -88,8 +144,8 @@ def main() -> int:
         "seeds": args.seeds,
         "runs": runs,
     }
-    SAVED.write_text(json.dumps(summary, indent=2))
-    write_report(summary)
+    saved.write_text(json.dumps(summary, indent=2))
+    write_report(summary, args.tag)
     return 0
 
 
@@ -113,23 +169,31 @@ def grouped(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any
     return result
 
 
-def write_report(summary: dict[str, Any]) -> None:
+def write_report(summary: dict[str, Any], tag: str = "") -> None:
     table = grouped(summary)
+    modes = [mode for mode in MODES if any(key[2] == mode for key in table)]
+    heading, after = TAGGED[tag]
+    changed = {run["checkpoint"]: run.get("refine", {}) for run in summary["runs"]}
     names = list(dict.fromkeys(k[0] for k in table))
     cases = list(dict.fromkeys(k[1] for k in table))
-    a_note = " (its training saw hearts made from A)" if summary["trained_on_a"] else ""
+    a_note = (
+        " (its training saw hearts made from A)" if summary["trained_on_a"] else " (not either)"
+    )
     lines = [
-        f"Measured {summary['date']} on {summary['machine']} by `bench/checkpoints.py`: each "
-        f"checkpoint with the defaults (resolution 256, 400 refinement steps; the mean over "
-        f"refinement seeds {summary['seeds']} [their range]) and alone (`--refine-steps 0`, "
-        f"resolution 256). Real B was never trained on; real A{a_note}. Phantoms: 256^3 at 1 mm, "
-        "seeds no training set holds.",
+        f"Measured {summary['date']} on {summary['machine']} by `bench/checkpoints.py"
+        f"{' --tag ' + tag if tag else ''}`: each variant (a checkpoint, with the refinement "
+        f"settings it names changed) with the defaults (resolution 256, 400 refinement steps; "
+        f"the mean over refinement seeds {summary['seeds']} [their range])"
+        + (" and alone (`--refine-steps 0`, resolution 256)" if "alone" in modes else "")
+        + f". Real B was never trained on; real A{a_note}. Phantoms: 256^3 at 1 mm, seeds no "
+        "training set holds. Cells: mean Dice [range] / mean HD95.",
+        *([after] if after else []),
         "",
-        "| checkpoint | sha256 | mode | " + " | ".join(cases) + " |",
-        "|---|---|---|" + "---|" * len(cases),
+        "| variant | sha256 | refinement changed | mode | " + " | ".join(cases) + " |",
+        "|---|---|---|---|" + "---|" * len(cases),
     ]
     for name in names:
-        for mode in MODES:
+        for mode in modes:
             cells = []
             for case in cases:
                 row = table.get((name, case, mode))
@@ -140,22 +204,29 @@ def write_report(summary: dict[str, Any]) -> None:
                 spread = f" [{low:.3f}-{high:.3f}]" if row["seeds"] > 1 else ""
                 cells.append(f"{row['mean_dice']:.3f}{spread} / {row['mean_hd95_mm']:.2f} mm")
             sha = table[(name, cases[0], mode)]["sha256"][:12]
-            lines.append(f"| {name} | `{sha}` | {mode} | " + " | ".join(cells) + " |")
+            change = ", ".join(f"{k}={v}" for k, v in changed[name].items()) or "-"
+            if mode == "alone":
+                change = "-"
+            lines.append(f"| {name} | `{sha}` | {change} | {mode} | " + " | ".join(cells) + " |")
     classes = list(dict.fromkeys(c for row in table.values() for c in row["dice"]))
-    for mode in MODES:
+    for mode in modes:
         lines += ["", f"Per class, {mode} (mean Dice):", "",
-                  "| checkpoint | case | " + " | ".join(classes) + " |",
+                  "| variant | case | " + " | ".join(classes) + " |",
                   "|---|---|" + "---|" * len(classes)]  # fmt: skip
         for name in names:
             for case in cases:
                 dice = table[(name, case, mode)]["dice"]
                 cells = [f"{dice[c]:.2f}" if c in dice else "-" for c in classes]
                 lines.append(f"| {name} | {case} | " + " | ".join(cells) + " |")
-    lines += ["", "![checkpoints](bench/results/checkpoints.png)"]
-    write_section("bench/checkpoints.py", "Checkpoints side by side", lines)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4), constrained_layout=True)
+    picture = saved_path(tag).with_suffix(".png")
+    lines += ["", f"![checkpoints]({picture.relative_to(REPO)})"]
+    key = "bench/checkpoints.py" + (f" --tag {tag}" if tag else "")
+    write_section(key, heading, lines)
+    figure, axes = plt.subplots(
+        1, len(modes), figsize=(6 * len(modes), 4), constrained_layout=True, squeeze=False
+    )
     width = 0.8 / len(names)
-    for axis, mode in zip(axes, MODES, strict=True):
+    for axis, mode in zip(axes[0], modes, strict=True):
         for index, name in enumerate(names):
             values = [table[(name, case, mode)]["mean_dice"] for case in cases]
             axis.bar(np.arange(len(cases)) + index * width, values, width, label=name)
@@ -163,8 +234,8 @@ def write_report(summary: dict[str, Any]) -> None:
         low = 0.85 if mode == "defaults" else 0.4
         axis.set(ylim=(low, 1.0), ylabel="mean Dice", title=f"{mode}")
         axis.legend(fontsize="small")
-    figure.suptitle("checkpoints side by side (real B never trained on)")
-    figure.savefig(SAVED.with_suffix(".png"), dpi=90)
+    figure.suptitle(f"{heading.lower()} (real B never trained on)")
+    figure.savefig(picture, dpi=90)
     plt.close(figure)
 
 

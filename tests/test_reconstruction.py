@@ -260,6 +260,7 @@ def test_refinement_fits_an_unseen_heart(
     refinement = report["refinement"]
     assert refinement["steps"] == 40 and refinement["target"] == target
     assert refinement["sign_weight"] == sign_weight
+    assert refinement["class_balance"] == defaults.REFINE_CLASS_BALANCE
     assert refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
     # latents: +0.030 on one machine, +0.0296 on another (0.142 -> 0.172): the tiny model

@@ -15,5 +15,9 @@ REFINE_SIGN_WEIGHT = 30.0  # weight of the sign term in the fit loss (0: L1 only
 # fit points per step, a third on the surface and the rest queries: 768 fit about as well as
 # 1024 in less time on a CPU (bench/refinement.py)
 REFINE_POINTS = 768
+# the share of the fit's surface points split evenly among the classes (the rest by area): by
+# area a vena cava (2-4% of a heart's surface) is barely fitted; 1 lifted the caval and pulmonary
+# veins and the mean (bench/checkpoints.py --tag class_balance, BENCHMARKS.md)
+REFINE_CLASS_BALANCE = 1.0
 # pieces of a class smaller than this fraction of its largest piece are dropped after decoding
 MIN_PIECE = 0.1

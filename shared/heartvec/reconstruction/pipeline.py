@@ -159,7 +159,10 @@ def reconstruct(
         threading.Thread(target=import_module, args=("matplotlib.figure",), daemon=True).start()
     targets = None  # the refinement's exact distances: they start while the device encodes
     if settings.refine.steps > 0:
-        targets = start_targets(volume, surfaces, normalization, (settings.seed, 1), pool)
+        targets = start_targets(
+            volume, surfaces, normalization, (settings.seed, 1), pool,
+            settings.refine.class_balance,
+        )  # fmt: skip
     low, high = grid_box(normalization, surfaces)
     # from here on the heart and the decoding cube around it: beyond them the input has no
     # class and the reconstruction none either (it is decoded within the cube)

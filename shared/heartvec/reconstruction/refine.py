@@ -56,6 +56,8 @@ class RefineSettings:
         target: what the steps change: 'context' or 'latents' (the module's docstring).
         sign_weight: weight of the sign term in the fit loss (`fit_loss`; 0: L1 only).
         points_per_step: fit points a step draws, a third on the surface.
+        class_balance: the share of the fit's surface points split evenly among the classes,
+            the rest by area (`refine_targets.fit_surface_points`), in [0, 1].
         step_mode: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph'
             (`TensorSteps`; 'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'.
     """
@@ -66,6 +68,7 @@ class RefineSettings:
     target: str = defaults.REFINE_TARGET
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT
     points_per_step: int = defaults.REFINE_POINTS
+    class_balance: float = defaults.REFINE_CLASS_BALANCE
     step_mode: str = "auto"
 
     def __post_init__(self) -> None:
@@ -74,6 +77,10 @@ class RefineSettings:
         if self.step_mode not in STEP_MODES:
             raise ValueError(
                 f"refinement step mode {self.step_mode!r}: expected one of {STEP_MODES}"
+            )
+        if not 0.0 <= self.class_balance <= 1.0:
+            raise ValueError(
+                f"refinement class balance {self.class_balance}: expected a share in [0, 1]"
             )
 
 
@@ -114,7 +121,10 @@ def refine_latents(
         step_mode = "graph" if latents.device.type == "cuda" else "eager"
     started = time.perf_counter()
     if targets is None:
-        targets = start_targets(volume, surfaces, normalization, int(rng.integers(2**63)))
+        targets = start_targets(
+            volume, surfaces, normalization, int(rng.integers(2**63)),
+            class_balance=settings.class_balance,
+        )  # fmt: skip
     numpy_data = targets.result()
     device = latents.device
     fit, held_out = {}, {}
@@ -196,6 +206,7 @@ def refine_latents(
             "learning_rate": learning_rate,
             "sign_weight": sign_weight,
             "points_per_step": settings.points_per_step,
+            "class_balance": settings.class_balance,
             "final_lr": settings.final_lr,
             "step_mode": step_mode,
             "loss_first": first_loss.item() if first_loss is not None else None,

@@ -1,0 +1,83 @@
+"""The refinement's surface fit points: by area (class balance 0, the earlier draw) or with an
+even share per class, each point on its own class's surface, thin classes no longer starved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heartvec.distance import SurfaceDistance
+from heartvec.labels import load_label_table
+from heartvec.reconstruction.refine import RefineSettings
+from heartvec.reconstruction.refine_targets import fit_surface_points
+from heartvec.samples import sample_surfaces
+from heartvec.surfaces import Surface, class_surfaces
+from heartvec.volume import load_label_volume
+
+COUNT = 8192
+
+
+@pytest.fixture(scope="module")
+def surfaces(small_phantom: Path) -> dict[int, Surface]:
+    return class_surfaces(load_label_volume(small_phantom, load_label_table("default")))
+
+
+def area_shares(surfaces: dict[int, Surface]) -> dict[int, float]:
+    areas = {c: float(s.face_areas_and_normals()[0].sum()) for c, s in surfaces.items()}
+    total = sum(areas.values())
+    return {c: area / total for c, area in areas.items()}
+
+
+def test_no_balance_is_the_area_draw(surfaces: dict[int, Surface]) -> None:
+    points, classes = fit_surface_points(surfaces, COUNT, 0.0, np.random.default_rng(3))
+    expected, expected_classes, _ = sample_surfaces(surfaces, COUNT, np.random.default_rng(3))
+    np.testing.assert_array_equal(points, expected)
+    np.testing.assert_array_equal(classes, expected_classes)
+
+
+@pytest.mark.parametrize("balance", [0.5, 1.0])
+def test_each_class_gets_its_share_on_its_own_surface(
+    surfaces: dict[int, Surface], balance: float
+) -> None:
+    points, classes = fit_surface_points(surfaces, COUNT, balance, np.random.default_rng(5))
+    assert points.shape == (COUNT, 3) and classes.shape == (COUNT,)
+    assert sorted(np.unique(classes).tolist()) == sorted(surfaces)
+    shares = area_shares(surfaces)
+    for class_index, surface in surfaces.items():
+        mine = classes == class_index
+        expected = COUNT * (balance / len(surfaces) + (1 - balance) * shares[class_index])
+        # the even share is exact, the area share a binomial draw: within 5 sigma of it
+        sigma = np.sqrt(COUNT * (1 - balance) * shares[class_index])
+        assert abs(mine.sum() - expected) <= 5 * sigma + 1, class_index
+        distance, _ = SurfaceDistance(surface).closest(points[mine])
+        assert distance.max() < 1e-4, class_index
+    thinnest = min(shares, key=shares.__getitem__)
+    assert (classes == thinnest).mean() > 1.5 * shares[thinnest]
+
+
+def test_the_fit_half_holds_every_class_evenly(surfaces: dict[int, Surface]) -> None:
+    """The refinement fits the first half and holds out the second: the order is shuffled, so
+    both halves hold every class in about its share."""
+    _, classes = fit_surface_points(surfaces, COUNT, 1.0, np.random.default_rng(9))
+    fit = classes[: COUNT // 2]
+    expected = len(fit) / len(surfaces)
+    for class_index in surfaces:
+        assert abs((fit == class_index).sum() - expected) < 5 * np.sqrt(expected), class_index
+
+
+def test_one_class_is_drawn_by_area(surfaces: dict[int, Surface]) -> None:
+    one = {1: surfaces[1]}
+    points, classes = fit_surface_points(one, 1000, 1.0, np.random.default_rng(0))
+    assert (classes == 1).all() and len(points) == 1000
+
+
+@pytest.mark.parametrize("balance", [-0.1, 1.5])
+def test_a_share_outside_zero_to_one_is_refused(
+    surfaces: dict[int, Surface], balance: float
+) -> None:
+    with pytest.raises(ValueError, match="class balance"):
+        fit_surface_points(surfaces, 100, balance, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="class balance"):
+        RefineSettings(class_balance=balance)
