@@ -48,6 +48,11 @@ TAGGED = {
         "`class_balance`: the share of the refinement's surface fit points split evenly among "
         "the classes, the rest by area (0: all by area, the earlier default).",
     ),
+    "steps": (
+        "Refinement: how many steps",
+        "`steps`: Adam steps of the refinement (the fit points balanced per class); the time is "
+        "each run's whole reconstruction on this CPU, mean over the seeds (`total_s`).",
+    ),
 }
 
 
@@ -141,6 +146,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
         "trained_on_a": args.trained_on_a,
+        "default_steps": RefineSettings().steps,
         "seeds": args.seeds,
         "runs": runs,
     }
@@ -165,6 +171,7 @@ def grouped(summary: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any
             "mean_hd95_mm": float(np.mean([r["mean_hd95_mm"] for r in runs])),
             "dice": {c: float(np.mean([r["dice"][c] for r in runs])) for c in runs[0]["dice"]},
             "seeds": len(runs),
+            "total_s": float(np.mean([r["total_s"] for r in runs])),
         }
     return result
 
@@ -182,15 +189,17 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/checkpoints.py"
         f"{' --tag ' + tag if tag else ''}`: each variant (a checkpoint, with the refinement "
-        f"settings it names changed) with the defaults (resolution 256, 400 refinement steps; "
+        f"settings it names changed) with the defaults (resolution 256, "
+        f"{summary.get('default_steps', 400)} refinement steps unless the variant changes them; "
         f"the mean over refinement seeds {summary['seeds']} [their range])"
         + (" and alone (`--refine-steps 0`, resolution 256)" if "alone" in modes else "")
         + f". Real B was never trained on; real A{a_note}. Phantoms: 256^3 at 1 mm, seeds no "
-        "training set holds. Cells: mean Dice [range] / mean HD95.",
+        "training set holds. Time: a reconstruction's, mean over the cases and seeds. Cells: mean "
+        "Dice [range] / mean HD95.",
         *([after] if after else []),
         "",
-        "| variant | sha256 | refinement changed | mode | " + " | ".join(cases) + " |",
-        "|---|---|---|---|" + "---|" * len(cases),
+        "| variant | sha256 | refinement changed | mode | time | " + " | ".join(cases) + " |",
+        "|---|---|---|---|---|" + "---|" * len(cases),
     ]
     for name in names:
         for mode in modes:
@@ -207,7 +216,12 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
             change = ", ".join(f"{k}={v}" for k, v in changed[name].items()) or "-"
             if mode == "alone":
                 change = "-"
-            lines.append(f"| {name} | `{sha}` | {change} | {mode} | " + " | ".join(cells) + " |")
+            seconds = np.mean([table[(name, case, mode)]["total_s"] for case in cases])
+            lines.append(
+                f"| {name} | `{sha}` | {change} | {mode} | {seconds:.1f} s | "
+                + " | ".join(cells)
+                + " |"
+            )
     classes = list(dict.fromkeys(c for row in table.values() for c in row["dice"]))
     for mode in modes:
         lines += ["", f"Per class, {mode} (mean Dice):", "",

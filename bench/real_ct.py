@@ -28,6 +28,7 @@ from benchmarks_md import write_section
 from reconstruct import REPO, cpu_description
 
 from heartvec.phantom import make_phantom
+from heartvec.reconstruction import defaults
 from heartvec_testing.volumes import write_nifti
 
 DATA = REPO.parent / "shared" / "data"
@@ -115,6 +116,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
         "device": args.device,
+        "refine_steps": defaults.REFINE_STEPS,
         "runs": runs,
     }
     saved.parent.mkdir(exist_ok=True)
@@ -133,8 +135,8 @@ def write_report(summary: dict[str, Any], saved: Path) -> None:
 
     lines = [
         f"Measured {summary['date']} on {summary['machine']}, device {summary['device']}, by "
-        "`bench/real_ct.py` (defaults: resolution 256, 400 refinement steps; medians of "
-        "interleaved runs, one process each).",
+        f"`bench/real_ct.py` (defaults: resolution 256, {summary.get('refine_steps', 400)} "
+        "refinement steps; medians of interleaved runs, one process each).",
         "",
         "| case | voxels | pipeline | process | " + " | ".join(STAGES) + " | mean Dice |",
         "|---|---|---|---|" + "---|" * len(STAGES) + "---|",
