@@ -53,6 +53,11 @@ TAGGED = {
         "`steps`: Adam steps of the refinement (the fit points balanced per class); the time is "
         "each run's whole reconstruction on this CPU, mean over the seeds (`total_s`).",
     ),
+    "points": (
+        "Refinement: fit points a step",
+        "`points_per_step`: the fit points each refinement step draws, a third on the surface "
+        "(800 steps, the fit points balanced per class).",
+    ),
 }
 
 

@@ -17,8 +17,11 @@ REFINE_FINAL_LR = 1.0  # the step size at the last step, as a fraction of REFINE
 REFINE_TARGET = "context"  # what refinement changes: "context" or "latents"
 REFINE_SIGN_WEIGHT = 30.0  # weight of the sign term in the fit loss (0: L1 only)
 # fit points per step, a third on the surface and the rest queries: 768 fit about as well as
-# 1024 in less time on a CPU (bench/refinement.py)
-REFINE_POINTS = 768
+# 1024 in less time on a CPU with 400 steps and the fit points by area (bench/refinement.py); with
+# 800 steps balanced per class, 1536 lifted every case (held-out real B 0.950 -> 0.957, HD95 1.80
+# -> 1.59 mm; the pulmonary veins on unseen phantoms 0.87/0.78 -> 0.91/0.86) at 1.45x the time on
+# a 2-core CPU (bench/checkpoints.py --tag points)
+REFINE_POINTS = 1536
 # the share of the fit's surface points split evenly among the classes (the rest by area): by
 # area a vena cava (2-4% of a heart's surface) is barely fitted; 1 lifted the caval and pulmonary
 # veins and the mean (bench/checkpoints.py --tag class_balance, BENCHMARKS.md)
