@@ -189,7 +189,9 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
     names = list(dict.fromkeys(k[0] for k in table))
     cases = list(dict.fromkeys(k[1] for k in table))
     a_note = (
-        " (its training saw hearts made from A)" if summary["trained_on_a"] else " (not either)"
+        " (its training saw hearts made from A)"
+        if summary["trained_on_a"]
+        else " (not trained on either)"
     )
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/checkpoints.py"
