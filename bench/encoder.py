@@ -5,7 +5,10 @@ training time are read from it). Updates BENCHMARKS.md with a table, Dice agains
 and the run's own curve.
 
 Usage: .venv/bin/python bench/encoder.py [--checkpoints A.pt B.pt ...] [--run RUN]
-       [--trained-on-a] [--resolution 128] [--seeds 5000 5001]
+       [--trained-on-a] [--resolution 128] [--seeds 5000 5001] [--tag T]
+
+`--tag T` keeps a run's results apart from the others (bench/results/encoder_T.json and its
+pictures, its own section of BENCHMARKS.md headed "The checkpoint alone against training: T").
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ def main() -> int:
     parser.add_argument("--trained-on-a", action="store_true", help="the run saw subject A")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="*", default=[5000, 5001])
+    parser.add_argument("--tag", default="", help="keep these results apart (e.g. stage6)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    saved = RESULTS / "encoder.json"
+    saved = result_path(args.tag, ".json")
     if args.report_only:
-        write_report(json.loads(saved.read_text()))
+        write_report(json.loads(saved.read_text()), args.tag)
         return 0
     settings = ReconstructSettings(resolution=args.resolution, refine=RefineSettings(steps=0))
     rows: list[dict[str, Any]] = []
@@ -92,21 +96,28 @@ def main() -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     if args.run is not None and (args.run / "training_curve.png").is_file():
-        shutil.copy(args.run / "training_curve.png", RESULTS / "encoder_run_curve.png")
+        shutil.copy(args.run / "training_curve.png", result_path(args.tag, "_run_curve.png"))
         summary["run_history"] = json.loads((args.run / "history.json").read_text())
     saved.write_text(json.dumps(summary, indent=2))
-    write_report(summary)
+    write_report(summary, args.tag)
     return 0
 
 
-def write_report(summary: dict[str, Any]) -> None:
+def result_path(tag: str, suffix: str) -> Path:
+    """bench/results/encoder[_TAG]SUFFIX."""
+    return RESULTS / (f"encoder_{tag}{suffix}" if tag else f"encoder{suffix}")
+
+
+def write_report(summary: dict[str, Any], tag: str = "") -> None:
     """The section of BENCHMARKS.md and its pictures, from the results."""
     rows = summary["rows"]
     cases = list(rows[0]["cases"])
     seen = " (a run trained on hearts made from A)" if summary["trained_on_a"] else ""
-    plot(rows, cases, RESULTS / "encoder.png")
+    picture, curve = result_path(tag, ".png"), result_path(tag, "_run_curve.png")
+    plot(rows, cases, picture)
     lines = [
-        f"Measured {summary['date']} on {summary['machine']} by `bench/encoder.py`: the "
+        f"Measured {summary['date']} on {summary['machine']} by `bench/encoder.py"
+        f"{' --tag ' + tag if tag else ''}`: the "
         f"checkpoint alone (`--refine-steps 0`), resolution {summary['resolution']}, mean Dice "
         f"(seven large structures on the real subjects). Real B was never trained on{seen}.",
         "",
@@ -125,10 +136,11 @@ def write_report(summary: dict[str, Any]) -> None:
         dice = last[case]["dice"]
         cells = [f"{dice[n]:.2f}" if n in dice else "-" for n in CLASS_NAMES]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
-    lines += ["", "![the checkpoint alone against training](bench/results/encoder.png)"]
+    lines += ["", f"![the checkpoint alone against training](bench/results/{picture.name})"]
     if "run_history" in summary:
-        lines += ["", "![the run's own curve](bench/results/encoder_run_curve.png)"]
-    write_section("bench/encoder.py", "The checkpoint alone against training", lines)
+        lines += ["", f"![the run's own curve](bench/results/{curve.name})"]
+    heading = "The checkpoint alone against training" + (f": {tag}" if tag else "")
+    write_section("bench/encoder.py" + (f" --tag {tag}" if tag else ""), heading, lines)
 
 
 def plot(rows: list[dict[str, Any]], cases: list[str], path: Path) -> None:
