@@ -114,7 +114,8 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     phantom, checkpoint = trained
     out, again = tmp_path / "out", tmp_path / "again"
     args = ["--checkpoint", checkpoint, "--resolution", "48"]
-    assert run_cli("reconstruct", phantom, "--out", out, *args, "--refine-steps", "10")[0] == 0
+    refined = ["--refine-steps", "10", "--refine-points", "192"]
+    assert run_cli("reconstruct", phantom, "--out", out, *args, *refined)[0] == 0
     code = np.load(out / "shape_code.npz")
     state = load_checkpoint(checkpoint)
     assert code["latents"].shape == (state["model_config"]["num_latents"],
@@ -124,6 +125,7 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     np.testing.assert_allclose(code["affine"], nib.load(phantom).affine)
     report = json.loads((out / "report.json").read_text())
     assert str(code["checkpoint_sha256"]) == report["model"]["checkpoint_sha256"]
+    assert report["refinement"]["points_per_step"] == 192
 
     status, _, err = run_cli("decode", out / "shape_code.npz", "--out", again, *args[:2])
     assert status == 0, err
@@ -228,6 +230,10 @@ def test_bad_input_and_missing_checkpoint(trained: tuple[Path, Path], tmp_path: 
                                  "--checkpoint", checkpoint, "--min-piece", fraction)  # fmt: skip
         assert status == 2 and "heartvec: error: --min-piece: " in err
         assert "need 0 <= fraction < 1" in err
+    for points in ("95", "8193"):
+        status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "d",
+                                 "--checkpoint", checkpoint, "--refine-points", points)  # fmt: skip
+        assert status == 2 and "heartvec: error: --refine-points" in err and points in err
 
 
 LEARNING_RATES = {"context": 3e-2, "latents": 8e-2}  # each target's best (bench/refinement.py)

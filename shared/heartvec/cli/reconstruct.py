@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"latent refinement steps fitting the input itself, {low}..{high} (default "
         "%(default)s; 0: the encoder's latents as they are)",
     )
+    low, high = ReconstructOptions.bounds("refine_points")
+    parser.add_argument(
+        "--refine-points",
+        type=int,
+        default=OPTIONS["refine_points"].default,
+        help=f"fit points each refinement step draws, {low}..{high} (default %(default)s; "
+        "fewer: faster on a CPU, a coarser fit of the thin vessels)",
+    )
     parser.add_argument(
         "--min-piece",
         type=float,
@@ -75,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = ReconstructSettings(  # checks the options' ranges (InputError: exit 2)
         resolution=args.resolution,
-        refine=RefineSettings(steps=args.refine_steps),
+        refine=RefineSettings(steps=args.refine_steps, points_per_step=args.refine_points),
         device=args.device,
         precision=args.precision,
         min_piece=args.min_piece,

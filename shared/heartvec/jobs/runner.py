@@ -162,7 +162,9 @@ def _run_claimed(
             model,
             ReconstructSettings(
                 resolution=options.resolution,
-                refine=RefineSettings(steps=options.refine_steps),
+                refine=RefineSettings(
+                    steps=options.refine_steps, points_per_step=options.refine_points
+                ),
                 device=str(model.device),
             ),
             options.ignore_unknown_labels,

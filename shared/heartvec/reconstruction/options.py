@@ -22,6 +22,7 @@ class ReconstructOptions(BaseModel):
         ignore_unknown_labels: treat label values the table does not know as background.
         resolution: grid points along the longest side of the heart's box.
         refine_steps: latent refinement steps fitting the input itself (0: none).
+        refine_points: fit points each refinement step draws (fewer: faster, coarser).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,6 +31,7 @@ class ReconstructOptions(BaseModel):
     ignore_unknown_labels: bool = False
     resolution: int = Field(defaults.RESOLUTION, ge=32, le=512)
     refine_steps: int = Field(defaults.REFINE_STEPS, ge=0, le=1000)
+    refine_points: int = Field(defaults.REFINE_POINTS, ge=96, le=8192)
 
     @field_validator("labels")
     @classmethod

@@ -77,8 +77,8 @@ class ReconstructSettings:
     """Args:
     resolution: grid points along the longest side of the heart's box (the range:
         `ReconstructOptions`).
-    refine: the latent refinement's settings (`refine.steps` 0: none; the range:
-        `ReconstructOptions.refine_steps`).
+    refine: the latent refinement's settings (`refine.steps` 0: none; the ranges:
+        `ReconstructOptions.refine_steps` and `.refine_points`).
     device: 'cpu', 'cuda' or 'cuda:N'.
     seed: seeds the surface sampling.
     min_piece: pieces of a class's decoded inside smaller than this fraction of its largest
@@ -106,6 +106,7 @@ class ReconstructSettings:
     def __post_init__(self) -> None:
         ReconstructOptions.check("resolution", self.resolution, "--resolution")
         ReconstructOptions.check("refine_steps", self.refine.steps, "--refine-steps")
+        ReconstructOptions.check("refine_points", self.refine.points_per_step, "--refine-points")
         if not 0 <= self.min_piece < 1:  # also NaN
             raise InputError("--min-piece", f"{self.min_piece}: need 0 <= fraction < 1")
         if self.working_mm is not None and not 0 < self.working_mm < float("inf"):
