@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heartvec.errors import InputError
 from heartvec.model.sampling import balanced_surface_subsample, class_members
@@ -269,3 +269,17 @@ def _balanced_choice(
             members = np.arange(total)
         halves.append(rng.choice(members, size=share, replace=len(members) < share))
     return rng.permutation(np.concatenate(halves))
+
+
+def end_workers(*loaders: DataLoader[Any]) -> None:
+    """End the loaders' persistent worker processes now, in order. A run stopped inside an epoch
+    (time limit, signal) leaves its iterator suspended with workers alive; left to the
+    interpreter's exit, multiprocessing terminates them and torch's SIGCHLD handler reports
+    "DataLoader worker ... is killed by signal: Terminated" with a traceback, after a run that
+    ended well."""
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)  # persistent_workers keeps it here
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        loader._iterator = None

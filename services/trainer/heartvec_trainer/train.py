@@ -35,7 +35,13 @@ from heartvec.settings import Settings
 from heartvec_trainer import distributed
 from heartvec_trainer.config import TrainConfig, load_config
 from heartvec_trainer.curves import plot_history
-from heartvec_trainer.data import EpochTagged, PreparedShapes, normalization_of, read_split
+from heartvec_trainer.data import (
+    EpochTagged,
+    PreparedShapes,
+    end_workers,
+    normalization_of,
+    read_split,
+)
 from heartvec_trainer.folders import output_folder
 from heartvec_trainer.losses import training_loss
 from heartvec_trainer.metrics import evaluate_model
@@ -392,6 +398,7 @@ def train(
             dist.barrier()
         if stop.stopping:
             break
+    end_workers(loader, val_loader)
     if runtime.is_main and stop.time_up:
         tqdm.write(
             f"time limit of {config.time_limit_s:.0f} s reached after epoch {epoch + 1}, "
