@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from heartvec.phantom import make_phantom
+from heartvec.reconstruction import defaults
 from heartvec.reconstruction.options import ReconstructOptions
 from heartvec_testing.services import Service
 from heartvec_testing.volumes import REPO, write_nifti
@@ -66,6 +67,8 @@ def test_upload_in_the_browser_shows_a_rendered_heart(embedded: Service, tmp_pat
     assert summary["options"]["refine"] == [
         str(b) for b in ReconstructOptions.bounds("refine_steps")
     ]
+    points = [str(b) for b in ReconstructOptions.bounds("refine_points")]
+    assert summary["options"]["points"] == [*points, str(defaults.REFINE_POINTS)]
     assert summary["options"]["labels"] == ["default", "mmwhs", "mmwhs-raw"]
     assert summary["problems"] == []
 

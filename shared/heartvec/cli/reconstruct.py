@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="model checkpoint (default: $HEARTVEC_CHECKPOINT or the bundled one)",
     )
-    low, high = ReconstructOptions.bounds("resolution")
-    parser.add_argument(
-        "--resolution",
-        type=int,
-        default=OPTIONS["resolution"].default,
-        help=f"grid points along the heart's longest side, {low}..{high} (default %(default)s)",
-    )
+    _option(parser, "resolution", "grid points along the heart's longest side")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
         "--precision",
@@ -52,22 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), "
         "else fp32",
     )
-    low, high = ReconstructOptions.bounds("refine_steps")
-    parser.add_argument(
-        "--refine-steps",
-        type=int,
-        default=OPTIONS["refine_steps"].default,
-        help=f"latent refinement steps fitting the input itself, {low}..{high} (default "
-        "%(default)s; 0: the encoder's latents as they are)",
-    )
-    low, high = ReconstructOptions.bounds("refine_points")
-    parser.add_argument(
-        "--refine-points",
-        type=int,
-        default=OPTIONS["refine_points"].default,
-        help=f"fit points each refinement step draws, {low}..{high} (default %(default)s; "
-        "fewer: faster on a CPU, a coarser fit of the thin vessels)",
-    )
+    _option(parser, "refine_steps", "latent refinement steps fitting the input itself",
+            "0: the encoder's latents as they are")  # fmt: skip
+    _option(parser, "refine_points", "fit points each refinement step draws",
+            "fewer: faster on a CPU, a coarser fit of the thin vessels")  # fmt: skip
     parser.add_argument(
         "--min-piece",
         type=float,
@@ -76,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(stray pieces far from the heart; default %(default)s; 0: keep all)",
     )
     return parser
+
+
+def _option(parser: argparse.ArgumentParser, name: str, what: str, note: str = "") -> None:
+    """`--NAME` for the integer job option `name`, its range and default the options' own."""
+    low, high = ReconstructOptions.bounds(name)
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        type=int,
+        default=OPTIONS[name].default,
+        help=f"{what}, {low}..{high} (default %(default)s{'; ' + note if note else ''})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,8 @@ try {
   const options = await page.evaluate(() => ({
     resolution: [document.getElementById("resolution").min, document.getElementById("resolution").max],
     refine: [document.getElementById("refine").min, document.getElementById("refine").max],
+    points: [document.getElementById("points").min, document.getElementById("points").max,
+             document.getElementById("points").value],
     labels: [...document.getElementById("labels").options].map((option) => option.value),
   }));
   if (token) await page.fill("#token", token).then(() => page.dispatchEvent("#token", "change"));

@@ -43,6 +43,7 @@ function upload(file) {
   form.append("labels", $("labels").value);
   form.append("resolution", $("resolution").value);
   form.append("refine_steps", $("refine").value);
+  form.append("refine_points", $("points").value);
   const request = new XMLHttpRequest();
   request.open("POST", "/reconstruct");
   for (const [key, value] of Object.entries(authHeaders())) request.setRequestHeader(key, value);
@@ -246,10 +247,14 @@ async function applyOptionSchema() {
   const spec = await (await fetch("/openapi.json")).json();
   const fields = spec.paths["/reconstruct"].post.requestBody.content["multipart/form-data"]
     .schema.properties;
-  for (const [id, name] of [["resolution", "resolution"], ["refine", "refine_steps"]]) {
+  const bounded = [
+    ["resolution", "resolution"], ["refine", "refine_steps"], ["points", "refine_points"],
+  ];
+  for (const [id, name] of bounded) {
     $(id).min = fields[name].minimum;
     $(id).max = fields[name].maximum;
   }
+  $("points").value = fields.refine_points.default;
   const tables = fields.labels.enum;
   $("labels").replaceChildren(...tables.map((name) => new Option(name, name)));
 }
