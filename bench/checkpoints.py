@@ -53,6 +53,11 @@ TAGGED = {
         "`steps`: Adam steps of the refinement (the fit points balanced per class); the time is "
         "each run's whole reconstruction on this CPU, mean over the seeds (`total_s`).",
     ),
+    "stage6": (
+        "Checkpoints side by side: stage 6",
+        "Stage 6: the bundled checkpoint continued on a 2-core CPU on hearts made from real "
+        'subject A and phantoms (section "The checkpoint alone against training: stage6").',
+    ),
     "points": (
         "Refinement: fit points a step",
         "`points_per_step`: the fit points each refinement step draws, a third on the surface "
