@@ -58,6 +58,10 @@ TAGGED = {
         "Stage 6: the bundled checkpoint continued on a 2-core CPU on hearts made from real "
         'subject A and phantoms (section "The checkpoint alone against training: stage6").',
     ),
+    "stage6_seeds": (
+        "Checkpoints side by side: stage 6, more refinement seeds",
+        "The defaults of the section above at two more refinement seeds.",
+    ),
     "points": (
         "Refinement: fit points a step",
         "`points_per_step`: the fit points each refinement step draws, a third on the surface "
