@@ -503,6 +503,64 @@ def test_time_limit_stops_validates_and_decays_the_learning_rate(
     assert state["scheduler"]["_last_lr"][0] <= 0.12 * peak  # decayed over the time, not epochs
 
 
+def test_resume_with_a_larger_time_limit_keeps_the_learning_rate_where_it_ended(
+    dataset: Path, tmp_path: Path, run_cli: CLI
+) -> None:
+    """A run that ended at its time limit (learning rate decayed to the floor), resumed with a
+    longer one, trained its extra time at the floor: before, the cosine followed elapsed / the
+    new limit and the rate jumped back to about half its peak."""
+    run = tmp_path / "run"
+    args = ("train", "--data", dataset, "--out", run, *FAST, "--epochs", "10000", "--val-every",
+            "1000")  # fmt: skip
+    status, _, err = run_cli(*args, "--time-limit", "4")
+    assert status == 0 and "time limit of 4 s reached" in err
+    first = len(json.loads((run / "history.json").read_text()))
+    status, _, err = run_cli(*args, "--time-limit", "8", "--resume")
+    assert status == 0 and "time limit of 8 s reached" in err
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) > first + 1
+    floor = TRAIN_PRESETS["tiny"].learning_rate * TRAIN_PRESETS["tiny"].min_lr_ratio
+    assert history[first - 1]["learning_rate"] == pytest.approx(floor, rel=0.05)
+    resumed = [record["learning_rate"] for record in history[first:]]
+    assert max(resumed) == pytest.approx(floor, rel=0.05), resumed
+
+
+def test_the_time_schedule_goes_on_from_where_a_resumed_run_was() -> None:
+    """TrainingClock.resume: the same limit keeps the saved schedule; another limit goes on
+    from the saved fraction and reaches 1 at the new limit; no limit holds the fraction;
+    checkpoints from before the clock's state was saved resume from elapsed / their limit."""
+    from heartvec_trainer.stopping import TrainingClock
+
+    first = TrainingClock(100.0)
+    assert first.fraction(50.0) == pytest.approx(0.5)
+    longer = TrainingClock(250.0)
+    longer.resume(50.0, first.state(), 100.0)
+    assert longer.fraction(50.0) == pytest.approx(0.5)
+    assert longer.fraction(150.0) == pytest.approx(0.75)
+    assert longer.fraction(250.0) == pytest.approx(1.0)
+    again = TrainingClock(250.0)  # a second resume with the same limit: the same schedule
+    again.resume(150.0, longer.state(), 250.0)
+    assert again.fraction(150.0) == pytest.approx(0.75)
+    assert again.fraction(200.0) == pytest.approx(0.875)
+    ended = TrainingClock(300.0)  # a run that had reached its limit stays at the floor
+    ended.resume(100.0, first.state(), 100.0)
+    assert ended.fraction(100.0) == ended.fraction(200.0) == pytest.approx(1.0)
+    unlimited = TrainingClock(None)
+    unlimited.resume(50.0, first.state(), 100.0)
+    assert unlimited.fraction(500.0) == pytest.approx(0.5) and not unlimited.up()
+    added = TrainingClock(100.0)  # a limit added to a run that had none starts its cosine
+    added.resume(40.0, TrainingClock(None).state(), None)
+    assert added.fraction(40.0) == pytest.approx(0.0)
+    assert added.fraction(70.0) == pytest.approx(0.5)
+    old = TrainingClock(200.0)  # a checkpoint without the clock's state
+    old.resume(50.0, None, 100.0)
+    assert old.fraction(50.0) == pytest.approx(0.5)
+    assert old.fraction(125.0) == pytest.approx(0.75)
+    shorter = TrainingClock(40.0)  # a limit below the time spent: the floor at once
+    shorter.resume(50.0, first.state(), 100.0)
+    assert shorter.fraction(50.0) == pytest.approx(1.0)
+
+
 def test_a_time_limit_inside_an_epoch_ends_the_dataloader_workers_cleanly(
     dataset: Path, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from types import FrameType, TracebackType
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -82,12 +83,21 @@ class StopSignals:
 
 
 class TrainingClock:
-    """Training time against `--time-limit`, counting a resumed run's earlier time."""
+    """Training time against `--time-limit`, counting a resumed run's earlier time.
+
+    `fraction()` is how far the learning rate's time schedule has gone (0 to 1). A run resumed
+    with another time limit (a longer lease, a limit added or dropped) keeps its schedule
+    continuous: it goes on from where the saved run was and reaches 1 at the new limit, instead
+    of jumping back up the cosine (elapsed / new limit); with no limit it stays where it was.
+    `state()` is saved in each checkpoint and `resume()` reads it back.
+    """
 
     def __init__(self, limit_s: float | None) -> None:
         self.limit_s = limit_s
         self.earlier_s = 0.0
         self.started = time.monotonic()
+        # (elapsed s, fraction) the schedule continues from; None: elapsed / limit from 0
+        self.base: tuple[float, float] | None = None
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -95,11 +105,37 @@ class TrainingClock:
     def elapsed(self) -> float:
         return self.earlier_s + time.monotonic() - self.started
 
-    def fraction(self) -> float:
-        return self.elapsed() / self.limit_s if self.limit_s else 0.0
+    def fraction(self, elapsed_s: float | None = None) -> float:
+        elapsed = self.elapsed() if elapsed_s is None else elapsed_s
+        if self.base is None:
+            return min(1.0, elapsed / self.limit_s) if self.limit_s else 0.0
+        from_s, from_fraction = self.base
+        if not self.limit_s:
+            return from_fraction
+        if self.limit_s <= from_s:
+            return 1.0
+        gone = (elapsed - from_s) / (self.limit_s - from_s)
+        return min(1.0, from_fraction + (1.0 - from_fraction) * max(0.0, gone))
 
     def up(self) -> bool:
         return self.limit_s is not None and self.elapsed() >= self.limit_s
+
+    def state(self) -> dict[str, Any]:
+        return {"limit_s": self.limit_s, "base": list(self.base) if self.base else None}
+
+    def resume(
+        self, elapsed_s: float, saved: dict[str, Any] | None, saved_limit_s: float | None
+    ) -> None:
+        """Continue a saved run: `saved` is its `state()` (None in checkpoints from before it
+        was kept: then the saved run's own time limit, `saved_limit_s`, and no base)."""
+        self.earlier_s = elapsed_s
+        before = TrainingClock(saved["limit_s"] if saved else saved_limit_s)
+        if saved and saved.get("base"):
+            before.base = (float(saved["base"][0]), float(saved["base"][1]))
+        if before.limit_s == self.limit_s:
+            self.base = before.base
+        else:
+            self.base = (elapsed_s, before.fraction(elapsed_s))
 
 
 class StopCheck:

@@ -266,7 +266,11 @@ def train(
         start_epoch, step = state["epoch"], state["step"]
         best_iou, history = state["best_iou"], state["history"]
         resume_batches, resume_losses = state.get("epoch_batches", 0), state.get("epoch_losses", [])
-        clock.earlier_s = state.get("elapsed_s", 0.0)
+        clock.resume(
+            state.get("elapsed_s", 0.0),
+            state.get("clock"),
+            state.get("train_config", {}).get("time_limit_s"),
+        )
         restore_rng(state["rng"], device)
         if runtime.is_main:
             within = f", batch {resume_batches} of epoch {start_epoch + 1}" * (resume_batches > 0)
@@ -349,7 +353,7 @@ def train(
                 )
                 state.update(epoch=epoch, step=step, best_iou=best_iou, history=history)
                 state.update(epoch_batches=batches_done, epoch_losses=losses)
-                state.update(elapsed_s=clock.elapsed(), rng=rng_state())
+                state.update(elapsed_s=clock.elapsed(), clock=clock.state(), rng=rng_state())
                 save(last_path, state)
             break
 
@@ -358,6 +362,7 @@ def train(
             "step": step,
             "train_loss": float(np.mean(losses)),
             "elapsed_s": round(clock.elapsed(), 1),
+            "learning_rate": optimizer.param_groups[0]["lr"],
         }
         # a signal leaves no time to validate; a time limit validates the cut epoch
         validate = (
@@ -383,7 +388,7 @@ def train(
                 preset, model_config, config, normalization, model, optimizer, scheduler
             )
             state.update(epoch=epoch + 1, step=step, best_iou=best_iou, history=history)
-            state.update(elapsed_s=clock.elapsed(), rng=rng_state())
+            state.update(elapsed_s=clock.elapsed(), clock=clock.state(), rng=rng_state())
             final = epoch + 1 == config.epochs or stop.stopping
             due = time.monotonic() - saved_at >= config.checkpoint_every_s
             if validate or final or due:
@@ -402,7 +407,8 @@ def train(
     if runtime.is_main and stop.time_up:
         tqdm.write(
             f"time limit of {config.time_limit_s:.0f} s reached after epoch {epoch + 1}, "
-            f"step {step}: stopped (--resume with a larger --time-limit continues)",
+            f"step {step}: stopped (--resume with a larger --time-limit continues, its learning "
+            "rate going on from here)",
             file=sys.stderr,
         )
     elif runtime.is_main and stop.signal:
