@@ -1,11 +1,11 @@
 """The checkpoint alone (the encoder's latents, no refinement) against training: per class, on
-real subject B (never trained on), real subject A (marked when a run trained on hearts made from
-it) and unseen phantoms, for a list of checkpoints (a run's snapshots: each one's step and
+the real subjects (the one the run never trained on first: B, or A with `--trained-on B`) and
+unseen phantoms, for a list of checkpoints (a run's snapshots: each one's step and
 training time are read from it). Updates BENCHMARKS.md with a table, Dice against training time
 and the run's own curve.
 
 Usage: .venv/bin/python bench/encoder.py [--checkpoints A.pt B.pt ...] [--run RUN]
-       [--trained-on-a] [--resolution 128] [--seeds 5000 5001] [--tag T]
+       [--trained-on A|B] [--resolution 128] [--seeds 5000 5001] [--tag T]
 
 `--tag T` keeps a run's results apart from the others (bench/results/encoder_T.json and its
 pictures, its own section of BENCHMARKS.md headed "The checkpoint alone against training: T").
@@ -48,7 +48,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, nargs="*", default=[BUNDLED_CHECKPOINT])
     parser.add_argument("--run", type=Path, help="the run the checkpoints come from")
-    parser.add_argument("--trained-on-a", action="store_true", help="the run saw subject A")
+    parser.add_argument(
+        "--trained-on",
+        choices=["A", "B"],
+        help="the real subject the run trained on (hearts made from it); the other is held out",
+    )
+    parser.add_argument(
+        "--trained-on-a", dest="trained_on", action="store_const", const="A", help="--trained-on A"
+    )
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="*", default=[5000, 5001])
     parser.add_argument("--tag", default="", help="keep these results apart (e.g. stage6)")
@@ -62,7 +69,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        cases = {name: spec for name, spec in REAL.items() if spec[0].is_file()}
+        order = ["real A", "real B"] if args.trained_on == "B" else ["real B", "real A"]
+        cases = {name: REAL[name] for name in order if REAL[name][0].is_file()}
         for seed in args.seeds:
             labels, affine = make_phantom(seed, size=256, spacing=1.0)
             path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
@@ -91,7 +99,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
         "resolution": args.resolution,
-        "trained_on_a": args.trained_on_a,
+        "trained_on": args.trained_on,
         "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)
@@ -112,14 +120,17 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
     """The section of BENCHMARKS.md and its pictures, from the results."""
     rows = summary["rows"]
     cases = list(rows[0]["cases"])
-    seen = " (a run trained on hearts made from A)" if summary["trained_on_a"] else ""
+    trained_on = summary.get("trained_on", "A" if summary.get("trained_on_a") else None)
+    held_out = "A" if trained_on == "B" else "B"
+    seen = f" (a run trained on hearts made from {trained_on})" if trained_on else ""
     picture, curve = result_path(tag, ".png"), result_path(tag, "_run_curve.png")
     plot(rows, cases, picture)
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/encoder.py"
         f"{' --tag ' + tag if tag else ''}`: the "
         f"checkpoint alone (`--refine-steps 0`), resolution {summary['resolution']}, mean Dice "
-        f"(seven large structures on the real subjects). Real B was never trained on{seen}.",
+        f"(seven large structures on the real subjects). Real {held_out} was never trained on"
+        f"{seen}.",
         "",
         "| checkpoint | step | training | " + " | ".join(cases) + " |",
         "|---|---|---|" + "---|" * len(cases),
