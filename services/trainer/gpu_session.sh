@@ -13,7 +13,21 @@
 # (RESERVE_S is kept for export and the latency benchmark). PHANTOMS, PREPARE_S (a cap on data
 # preparation: what is finished by then is used), POINTS (samples of each kind per volume:
 # training draws a few thousand per step, and fewer samples prepare faster), DEVICE and
-# LATENCY_REPEATS (0: no latency benchmark) can be overridden for a dry run.
+# LATENCY_REPEATS (0: no latency benchmark), TRAIN_S (training seconds instead of what the budget
+# leaves) and HELD_OUT_RESOLUTION (default 256) can be overridden for a dry run.
+#
+# Real anatomy (issue 23): REAL=FILE (a real subject's label volume, REAL_LABELS its table, default
+# mmwhs) makes REAL_COUNT training hearts from it with `heartvec augment` (seeds from REAL_SEED,
+# WORKERS processes at once) beside the PHANTOMS phantoms (seeds from PHANTOM_SEED); HELD_OUT=FILE
+# (HELD_OUT_LABELS, default mmwhs-raw) is a real subject the run never sees: the checkpoint alone
+# (--refine-steps 0) is measured on it before training (INIT) and after (last and best), each
+# report under $OUT/held_out_*. ../shared does not travel to the device: copy the two subjects
+# into an ignored folder of the checkout and carry it, e.g. (subject A trains, B is held out)
+#   mkdir -p .carry && cp ../shared/data/*.nii.gz .carry/   # .carry/ is in .gitignore
+#   OUT=... REAL=.carry/whole_heart_mmwhs_labels.nii.gz REAL_COUNT=160 PHANTOMS=160 \
+#     PHANTOM_SEED=2000 HELD_OUT=.carry/second_heart_mmwhs_raw_labels.nii.gz \
+#     CONFIG=services/trainer/configs/small-real-gpu.yaml bash services/trainer/gpu_session.sh
+# INIT is the checkpoint training starts from (default the bundled one).
 #
 # On a bare machine whose python3 has torch and the scientific stack, carry the rest as wheels in
 # .whl/ (bench/gpu_wheels.sh, here); bench/device_setup.sh installs them and heartvec itself
@@ -34,26 +48,66 @@ WORKERS=${WORKERS:-15}
 CONFIG=${CONFIG:-services/trainer/configs/small-phantoms-gpu.yaml}
 DATA=${DATA:-/tmp/heartvec-data}
 RUN=${RUN:-/tmp/heartvec-run}
+INIT=${INIT:-shared/heartvec/checkpoints/heartvec-small.pt}
+PHANTOM_SEED=${PHANTOM_SEED:-1000}
+REAL=${REAL:-}
+REAL_LABELS=${REAL_LABELS:-mmwhs}
+REAL_COUNT=${REAL_COUNT:-0}
+REAL_SEED=${REAL_SEED:-10000}
+HELD_OUT=${HELD_OUT:-}
+HELD_OUT_LABELS=${HELD_OUT_LABELS:-mmwhs-raw}
 export TQDM_MININTERVAL=${TQDM_MININTERVAL:-20} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 started=$SECONDS
 
-heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed 1000 --size 128 --spacing 2.0
+# the checkpoint alone on the held-out subject: mean Dice and HD95 from report.json
+held_out() {  # CHECKPOINT NAME
+  [ -n "$HELD_OUT" ] || return 0
+  heartvec reconstruct "$HELD_OUT" --labels "$HELD_OUT_LABELS" --checkpoint "$1" \
+    --device "$DEVICE" --refine-steps 0 --resolution "${HELD_OUT_RESOLUTION:-256}" \
+    --out "$OUT/held_out_$2" >"$OUT/held_out_$2.log" 2>&1
+  python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))["summary"]
+dice, hd95 = s["mean_dice"], s["mean_hd95_mm"]
+print(f"held out, {sys.argv[2]}: the checkpoint alone mean Dice {dice:.3f}, HD95 {hd95:.2f} mm")' \
+    "$OUT/held_out_$2/report.json" "$2"
+}
+
+# hearts made from a real subject, WORKERS processes at once (one thread each)
+augment_real() {
+  local per=$(((REAL_COUNT + WORKERS - 1) / WORKERS)) start count pids=()
+  for ((start = 0; start < REAL_COUNT; start += per)); do
+    count=$((REAL_COUNT - start < per ? REAL_COUNT - start : per))
+    OMP_NUM_THREADS=1 heartvec augment "$REAL" --labels "$REAL_LABELS" --count "$count" \
+      --seed $((REAL_SEED + start)) --out "$DATA/volumes" >"$OUT/augment_$start.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+}
+
+held_out "$INIT" init
+if [ -n "$REAL" ] && [ "$REAL_COUNT" -gt 0 ]; then
+  augment_real
+  echo "$(find "$DATA/volumes" -name "*_aug_s*" | wc -l) hearts made from $REAL"
+fi
+heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed "$PHANTOM_SEED" --size 128 --spacing 2.0
 timeout "$PREPARE_S" heartvec prepare "$DATA/volumes" --out "$DATA/prepared" --workers "$WORKERS" \
   --surface-points "$POINTS" --vol-points "$POINTS" --near-points "$POINTS" \
   || echo "prepare stopped at ${PREPARE_S} s: training on what was finished"
 find "$DATA/prepared" -name "*.npz" | wc -l
 heartvec split "$DATA/prepared" --val-fraction 0.1 --seed 0
 
-train_s=$((BUDGET_S - (SECONDS - started) - RESERVE_S))
+train_s=${TRAIN_S:-$((BUDGET_S - (SECONDS - started) - RESERVE_S))}
 echo "training for ${train_s} s"
 heartvec train --data "$DATA/prepared" --out "$RUN" --config "$CONFIG" --device "$DEVICE" \
-  --init-from shared/heartvec/checkpoints/heartvec-small.pt --time-limit "$train_s"
+  --init-from "$INIT" --time-limit "$train_s"
 # both: on the CPU run of the bundled checkpoint the last (low learning rate) beat the
 # best-validation one on unseen phantoms; compare them by Dice before shipping either
 heartvec export-checkpoint "$RUN/checkpoint-last.pt" "$OUT/heartvec-small.pt"
 heartvec export-checkpoint "$RUN/checkpoint-best.pt" "$OUT/heartvec-small-best.pt"
 cp "$RUN/history.json" "$RUN/training_curve.png" "$OUT/"
+held_out "$OUT/heartvec-small.pt" last
+held_out "$OUT/heartvec-small-best.pt" best
 
 if [ "${LATENCY_REPEATS:-1}" -gt 0 ]; then
   python3 bench/reconstruct.py --checkpoint "$OUT/heartvec-small.pt" --device "$DEVICE" \
