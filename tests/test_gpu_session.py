@@ -53,7 +53,8 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
         "HELD_OUT_LABELS": "default",
         "HELD_OUT_RESOLUTION": "48",
         "CONFIG": str(config),
-        "TRAIN_S": "6",
+        "TRAIN_S": "10",
+        "SNAPSHOT_S": "1",
         "LATENCY_REPEATS": "0",
     }
     done = subprocess.run(
@@ -69,7 +70,13 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
     seeds = sorted(int(n.split("_aug_s")[1].split(".")[0]) for n in made if "_aug_s" in n)
     assert seeds == [10000, 10001, 10002]
     hashes = {}
-    for name in ("init", "last", "best"):
+    # snapshots every second, the last AVERAGE (4) of them averaged into a third candidate
+    snapshots = sorted((tmp_path / "run" / "snapshots").glob("*.pt"))
+    assert len(snapshots) >= 2, snapshots
+    assert f"the average of {min(4, len(snapshots))})" in log
+    steps = [load_checkpoint(path)["step"] for path in snapshots]
+    assert steps == sorted(set(steps)), steps  # each new checkpoint once, in order
+    for name in ("init", "last", "best", "average"):
         report = json.loads((out / f"held_out_{name}" / "report.json").read_text())
         assert report["refinement"] is None  # the checkpoint alone
         assert 0.2 < report["summary"]["mean_dice"] <= 1.0
