@@ -74,3 +74,21 @@ def test_the_command_writes_volumes_prepare_takes(subject: Path, tmp_path: Path)
     points = ["--surface-points", "3000", "--vol-points", "3000", "--near-points", "3000"]
     assert main(["prepare", str(out), "--out", str(tmp_path / "prepared"), *points]) == 0
     assert len(list((tmp_path / "prepared").glob("*.npz"))) == 2
+
+
+def test_workers_write_the_same_volumes_as_one_process(subject: Path, tmp_path: Path) -> None:
+    from heartvec.cli import main
+
+    args = [str(subject), "--count", "3", "--seed", "20"]
+    assert main(["augment", *args, "--out", str(tmp_path / "one")]) == 0
+    assert main(["augment", *args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one = sorted((tmp_path / "one").iterdir())
+    two = sorted((tmp_path / "two").iterdir())
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 3
+    for a, b in zip(one, two, strict=True):
+        first, second = nib.load(a), nib.load(b)
+        np.testing.assert_array_equal(np.asarray(first.dataobj), np.asarray(second.dataobj))
+        np.testing.assert_array_equal(first.affine, second.affine)
+    with pytest.raises(SystemExit) as refused:
+        main(["augment", *args, "--out", str(tmp_path / "bad"), "--workers", "0"])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()

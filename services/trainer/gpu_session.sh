@@ -18,7 +18,7 @@
 #
 # Real anatomy (issue 23): REAL=FILE (a real subject's label volume, REAL_LABELS its table, default
 # mmwhs) makes REAL_COUNT training hearts from it with `heartvec augment` (seeds from REAL_SEED,
-# WORKERS processes at once) beside the PHANTOMS phantoms (seeds from PHANTOM_SEED); HELD_OUT=FILE
+# WORKERS processes) beside the PHANTOMS phantoms (seeds from PHANTOM_SEED); HELD_OUT=FILE
 # (HELD_OUT_LABELS, default mmwhs-raw) is a real subject the run never sees: the checkpoint alone
 # (--refine-steps 0) is measured on it before training (INIT) and after (last and best), each
 # report under $OUT/held_out_*. ../shared does not travel to the device: copy the two subjects
@@ -77,21 +77,10 @@ print(f"held out, {sys.argv[2]}: the checkpoint alone mean Dice {dice:.3f}, HD95
     "$OUT/held_out_$2/report.json" "$2"
 }
 
-# hearts made from a real subject, WORKERS processes at once (one thread each)
-augment_real() {
-  local per=$(((REAL_COUNT + WORKERS - 1) / WORKERS)) start count pids=()
-  for ((start = 0; start < REAL_COUNT; start += per)); do
-    count=$((REAL_COUNT - start < per ? REAL_COUNT - start : per))
-    OMP_NUM_THREADS=1 heartvec augment "$REAL" --labels "$REAL_LABELS" --count "$count" \
-      --seed $((REAL_SEED + start)) --out "$DATA/volumes" >"$OUT/augment_$start.log" 2>&1 &
-    pids+=($!)
-  done
-  for pid in "${pids[@]}"; do wait "$pid"; done
-}
-
 held_out "$INIT" init
 if [ -n "$REAL" ] && [ "$REAL_COUNT" -gt 0 ]; then
-  augment_real
+  OMP_NUM_THREADS=1 heartvec augment "$REAL" --labels "$REAL_LABELS" --count "$REAL_COUNT" \
+    --seed "$REAL_SEED" --workers "$WORKERS" --out "$DATA/volumes"
   echo "$(find "$DATA/volumes" -name "*_aug_s*" | wc -l) hearts made from $REAL"
 fi
 heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed "$PHANTOM_SEED" --size 128 --spacing 2.0

@@ -1,11 +1,15 @@
-"""`heartvec augment INPUTS... --out DIR --count N --seed S`: training volumes made from real
-subjects, each another plausible heart (`heartvec.augment`)."""
+"""`heartvec augment INPUTS... --out DIR --count N --seed S [--workers W]`: training volumes made
+from real subjects, each another plausible heart (`heartvec.augment`). A volume depends on its
+input and seed only, so W processes write the same volumes as one."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +18,7 @@ from tqdm import tqdm
 
 from heartvec.augment import augment
 from heartvec.labels import load_label_table
-from heartvec.volume import load_label_volume
+from heartvec.volume import LabelVolume, load_label_volume
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=10, help="volumes per input (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (one per volume)")
     parser.add_argument("--labels", default="default", help="the inputs' label table")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     return parser
 
 
@@ -39,20 +44,45 @@ def augmented_path(out_dir: Path, source: Path, seed: int) -> Path:
     return out_dir / f"{stem}_aug_s{seed:04d}.nii.gz"
 
 
+@functools.cache
+def _subject(path: Path, labels: str) -> LabelVolume:
+    """An input, loaded once per process."""
+    return load_label_volume(path, load_label_table(labels))
+
+
+def make_one(path: Path, labels: str, seed: int, out_dir: Path) -> Path:
+    """One augmented volume, written whole or not at all."""
+    labels_out, affine = augment(_subject(path, labels), np.random.default_rng(seed))
+    target = augmented_path(out_dir, path, seed)
+    partial = target.with_name(target.name + ".part")  # never taken for an input
+    partial.write_bytes(gzip.compress(nib.Nifti1Image(labels_out, affine).to_bytes(), 6))
+    partial.replace(target)
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
-    table = load_label_table(args.labels)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    for path in args.inputs:  # a bad input or table fails here, before any work
+        _subject(path, args.labels)
     args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(path, args.seed + i) for path in args.inputs for i in range(args.count)]
-    volumes = {path: load_label_volume(path, table) for path in args.inputs}
-    for path, seed in tqdm(jobs, desc="augment", unit="volume"):
-        labels, affine = augment(volumes[path], np.random.default_rng(seed))
-        target = augmented_path(args.out, path, seed)
-        partial = target.with_name(target.name + ".part")  # never taken for an input
-        partial.write_bytes(gzip.compress(nib.Nifti1Image(labels, affine).to_bytes(), 6))
-        partial.replace(target)
+    jobs = [(path, args.labels, args.seed + i, args.out) for path in args.inputs
+            for i in range(args.count)]  # fmt: skip
+    progress = tqdm(total=len(jobs), desc="augment", unit="volume")
+    if args.workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            make_one(*job)
+            progress.update()
+    else:
+        workers = min(args.workers, len(jobs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(make_one, *job) for job in jobs]):
+                future.result()
+                progress.update()
+    progress.close()
     print(f"wrote {len(jobs)} volume(s) to {args.out}")
     return 0
