@@ -82,6 +82,9 @@ def test_workers_write_the_same_volumes_as_one_process(subject: Path, tmp_path: 
     args = [str(subject), "--count", "3", "--seed", "20"]
     assert main(["augment", *args, "--out", str(tmp_path / "one")]) == 0
     assert main(["augment", *args, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    from heartvec.cli.augment import _subject
+
+    assert _subject.cache_info().currsize == 0  # the caller's process keeps no subject loaded
     one = sorted((tmp_path / "one").iterdir())
     two = sorted((tmp_path / "two").iterdir())
     assert [p.name for p in one] == [p.name for p in two] and len(one) == 3

@@ -60,6 +60,22 @@ def make_one(path: Path, labels: str, seed: int, out_dir: Path) -> Path:
     return target
 
 
+def _make_all(jobs: list[tuple[Path, str, int, Path]], workers: int) -> None:
+    progress = tqdm(total=len(jobs), desc="augment", unit="volume")
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            make_one(*job)
+            progress.update()
+    else:
+        _subject.cache_clear()  # the processes load their own
+        workers = min(workers, len(jobs))
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(make_one, *job) for job in jobs]):
+                future.result()
+                progress.update()
+    progress.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -67,22 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--count must be at least 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    for path in args.inputs:  # a bad input or table fails here, before any work
-        _subject(path, args.labels)
-    args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(path, args.labels, args.seed + i, args.out) for path in args.inputs
-            for i in range(args.count)]  # fmt: skip
-    progress = tqdm(total=len(jobs), desc="augment", unit="volume")
-    if args.workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            make_one(*job)
-            progress.update()
-    else:
-        workers = min(args.workers, len(jobs))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(make_one, *job) for job in jobs]):
-                future.result()
-                progress.update()
-    progress.close()
+    try:
+        for path in args.inputs:  # a bad input or table fails here, before any work
+            _subject(path, args.labels)
+        args.out.mkdir(parents=True, exist_ok=True)
+        jobs = [(path, args.labels, args.seed + i, args.out) for path in args.inputs
+                for i in range(args.count)]  # fmt: skip
+        _make_all(jobs, args.workers)
+    finally:
+        _subject.cache_clear()  # a caller's process (tests, notebooks) keeps no volume
     print(f"wrote {len(jobs)} volume(s) to {args.out}")
     return 0
