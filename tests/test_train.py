@@ -377,6 +377,43 @@ def test_augmentation_is_a_similarity_that_scales_the_sdf(dataset: Path) -> None
     torch.testing.assert_close(moved["vol_sdf"], plain["vol_sdf"] * scale, rtol=1e-4, atol=1e-6)
 
 
+def test_augmentation_shift_moves_every_point_of_a_shape_by_one_vector(dataset: Path) -> None:
+    """A pure shift: each point kind moved by the same vector (within the bound, not zero), the
+    SDF targets unchanged; validation items are never moved."""
+    from dataclasses import replace
+
+    config = replace(
+        TRAIN_PRESETS["tiny"], augment=True, augment_rotation_deg=0.0, augment_scale=0.0,
+        augment_shift=0.05,
+    )  # fmt: skip
+    files = read_split(dataset, "train")[:1]
+    plain = PreparedShapes(files, 512, TRAIN_PRESETS["tiny"])
+    moved = PreparedShapes(files, 512, config)
+    shifts = []
+    for key in (0, len(files), 2 * len(files)):  # three epochs: three draws
+        before, after = plain[key], moved[key]
+        vector = (after["vol_points"] - before["vol_points"]).double().mean(dim=0)
+        assert 0 < float(vector.abs().max()) <= 0.05
+        for name in ("vol_points", "near_points", "inputs", "surface_points"):
+            torch.testing.assert_close(after[name].double(), before[name].double() + vector,
+                                       rtol=0, atol=1e-6)  # fmt: skip
+        for name in ("vol_sdf", "near_sdf"):
+            assert torch.equal(after[name], before[name]), name
+        shifts.append(vector)
+    assert not torch.allclose(shifts[0], shifts[1])
+    evaluated = PreparedShapes(files, 512, config, evaluation=True)[0]
+    reference = PreparedShapes(files, 512, TRAIN_PRESETS["tiny"], evaluation=True)[0]
+    assert torch.equal(evaluated["vol_points"], reference["vol_points"])
+
+
+def test_a_negative_augmentation_bound_is_refused() -> None:
+    from dataclasses import replace
+
+    for field in ("augment_rotation_deg", "augment_scale", "augment_shift"):
+        with pytest.raises(InputError, match="augment"):
+            replace(TRAIN_PRESETS["tiny"], **{field: -0.01})
+
+
 def test_files_kept_in_memory_give_the_items_of_files_read_each_time(dataset: Path) -> None:
     from dataclasses import replace
 

@@ -34,7 +34,10 @@ class TrainConfig:
         sign_temperature: the sign term's occupancy is sigmoid(-prediction / sign_temperature)
             (prediction in target units: +-1 at the truncation distance).
         augment: random similarity transform per shape and step (off by default: hearts come
-            anatomically aligned); `augment_rotation_deg` and `augment_scale` bound it.
+            anatomically aligned); `augment_rotation_deg` and `augment_scale` bound it, and
+            `augment_shift` adds a translation of up to that much per axis (normalized units:
+            0.05 is 5 mm at the default 100 mm scale), so that the model does not tie a shape
+            to where the frame's centre (the centre of the input's box) falls on it.
         val_every: validate every N epochs (0: never).
         repeats: passes over the training split per epoch, each with its own shuffle and point
             draws. For a small split on a fast GPU: a batch is built by one DataLoader worker,
@@ -76,6 +79,7 @@ class TrainConfig:
     augment: bool = False
     augment_rotation_deg: float = 10.0
     augment_scale: float = 0.1
+    augment_shift: float = 0.0
     val_every: int = 1
     time_limit_s: float | None = None
     repeats: int = 1
@@ -90,6 +94,8 @@ class TrainConfig:
             raise InputError(
                 "train config", "repeats must be >= 1, checkpoint_every_s and cache_mb >= 0"
             )
+        if min(self.augment_rotation_deg, self.augment_scale, self.augment_shift) < 0:
+            raise InputError("train config", "augment_rotation_deg, _scale, _shift must be >= 0")
         if not 0.0 <= self.near_balance <= 1.0:
             raise InputError("train config", f"near_balance {self.near_balance}: must be 0..1")
         if self.time_limit_s is not None and self.time_limit_s <= 0:

@@ -138,11 +138,12 @@ class PreparedShapes(Dataset[dict[str, torch.Tensor]]):
             vol_index = _balanced_choice(sample.vol_sides, config.vol_points, rng)
             near_index = _near_choice(len(near_sdf), sample.near_members, config, rng)
         if config.augment and not self.evaluation:
-            rotation, scale = _random_similarity(config, rng)
-            inputs, loss_points = inputs @ rotation.T * scale, loss_points @ rotation.T * scale
+            rotation, scale, shift = _random_similarity(config, rng)
+            matrix = (rotation * scale).T
+            inputs, loss_points = inputs @ matrix + shift, loss_points @ matrix + shift
             vol_points, near_points = (
-                vol_points[vol_index] @ rotation.T * scale,
-                near_points[near_index] @ rotation.T * scale,
+                vol_points[vol_index] @ matrix + shift,
+                near_points[near_index] @ matrix + shift,
             )
             vol_sdf, near_sdf = vol_sdf[vol_index] * scale, near_sdf[near_index] * scale
             vol_index, near_index = np.arange(len(vol_points)), np.arange(len(near_points))
@@ -209,15 +210,25 @@ class EpochTagged(Sampler[int]):
         return max(0, len(self.sampler) * self.repeats - self.skip)
 
 
-def _random_similarity(config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """A rotation (3, 3) about a random axis by up to `augment_rotation_deg`, and a scale in
-    [1 - augment_scale, 1 + augment_scale]; both keep SDF exact (distances scale with it)."""
+def _random_similarity(
+    config: TrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """A rotation (3, 3) about a random axis by up to `augment_rotation_deg`, a scale in
+    [1 - augment_scale, 1 + augment_scale] and a shift (3,) of up to `augment_shift` per axis:
+    all keep SDF exact (distances scale with the scale, a shift moves them along). No shift is
+    drawn where it is 0, so the draws of runs from before it are unchanged."""
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     angle = np.deg2rad(rng.uniform(-config.augment_rotation_deg, config.augment_rotation_deg))
     cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
-    return rotation, float(rng.uniform(1 - config.augment_scale, 1 + config.augment_scale))
+    scale = float(rng.uniform(1 - config.augment_scale, 1 + config.augment_scale))
+    shift = (
+        rng.uniform(-config.augment_shift, config.augment_shift, 3)
+        if config.augment_shift > 0
+        else np.zeros(3)
+    )
+    return rotation, scale, shift
 
 
 def _nearest_members(near_sdf: np.ndarray, present: np.ndarray) -> list[np.ndarray]:
