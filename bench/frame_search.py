@@ -1,0 +1,169 @@
+"""Where the frame falls, and whether the input can say where it should: the checkpoint alone
+(`--refine-steps 0`) on the real subjects with the normalized frame's centre (the centre of the
+input's box) moved on a grid of STEP mm per axis, {-STEP, 0, STEP}^3, each frame's mean Dice
+beside a score the input gives without any fitting: the Dice, against the input's own labels, of
+the classes the encoded shape predicts at 40,000 points (half within ~3 mm of the input's
+surfaces, half uniform in its box), decoded at those points only. If the score ranks the frames
+as their Dice does, a search over frames (a few encodes, no gradient) is a cheap step between the
+encoder alone and the refinement. Updates BENCHMARKS.md ("Frame search") and a PNG.
+
+Usage: .venv/bin/python bench/frame_search.py [--checkpoint CKPT] [--step 5] [--resolution 128]
+       [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from benchmarks_md import write_section
+from encoder import REAL, RESULTS, frame_moved
+from reconstruct import cpu_description
+from tqdm import tqdm
+
+from heartvec.labels import load_label_table
+from heartvec.reconstruction import pipeline
+from heartvec.reconstruction.encoding import LoadedModel, encoder_inputs, load_model
+from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
+from heartvec.reconstruction.refine import RefineSettings
+from heartvec.samples import sample_surfaces
+from heartvec.settings import BUNDLED_CHECKPOINT
+from heartvec.surfaces import class_surfaces
+from heartvec.volume import LabelVolume, load_label_volume
+
+SAVED = RESULTS / "frame_search.json"
+PICTURE = RESULTS / "frame_search.png"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=BUNDLED_CHECKPOINT)
+    parser.add_argument("--step", type=float, default=5.0, help="mm between frames")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if args.report_only:
+        write_report(json.loads(SAVED.read_text()))
+        return 0
+    loaded = load_model(args.checkpoint)
+    settings = ReconstructSettings(resolution=args.resolution, refine=RefineSettings(steps=0))
+    shifts = [np.array(s) * args.step for s in itertools.product((-1, 0, 1), repeat=3)]
+    cases: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (path, table) in REAL.items():
+            if not path.is_file():
+                continue
+            label_table = load_label_table(table)
+            whole = load_label_volume(path, label_table)
+            volume = whole.crop(*whole.foreground_box(margin=2))
+            score = InputScore(volume, settings.working_mm, loaded)
+            frames = []
+            for shift in tqdm(shifts, desc=name):
+                with frame_moved(shift):
+                    report = reconstruct(path, Path(scratch), label_table, loaded, settings)
+                    frames.append({
+                        "shift_mm": shift.tolist(),
+                        "mean_dice": report["summary"]["mean_dice"],
+                        "score": score(shift),
+                    })  # fmt: skip
+            cases[name] = frames
+    summary = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": cpu_description(),
+        "checkpoint": args.checkpoint.name,
+        "sha256": loaded.sha256,
+        "step_mm": args.step,
+        "resolution": args.resolution,
+        "cases": cases,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    SAVED.write_text(json.dumps(summary, indent=2))
+    write_report(summary)
+    return 0
+
+
+class InputScore:
+    """The Dice, against the input's labels, of the classes a frame's encoding predicts at fixed
+    points: what a search could rank frames by without knowing anything the input does not."""
+
+    def __init__(self, volume: LabelVolume, working_mm: float, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.surfaces = class_surfaces(volume, working_mm)
+        rng = np.random.default_rng(0)
+        on_surface, _, _ = sample_surfaces(self.surfaces, 20000, rng)
+        near = on_surface + rng.normal(0.0, 3.0, on_surface.shape)
+        low, high = on_surface.min(axis=0) - 10.0, on_surface.max(axis=0) + 10.0
+        self.points = np.concatenate([near, rng.uniform(low, high, (20000, 3))])
+        self.truth = volume.class_at(self.points)
+        self.present = np.array(sorted(self.surfaces))
+
+    def __call__(self, shift: np.ndarray) -> float:
+        model = self.loaded.model
+        with frame_moved(shift):
+            frame = pipeline.checkpoint_normalization(self.loaded.state, self.surfaces)
+        queries = torch.from_numpy(frame.to_normalized(self.points)).float()[None]
+        with torch.no_grad():
+            inputs = encoder_inputs(model, self.surfaces, frame, np.random.default_rng(0))
+            context = model.process(model.encode(*inputs))
+            sdf = model.decode(context, queries)[0].float().numpy()[:, self.present - 1]
+        predicted = np.where(sdf.min(axis=1) < 0, self.present[sdf.argmin(axis=1)], 0)
+        dice = [
+            2
+            * np.sum((predicted == c) & (self.truth == c))
+            / max(1, np.sum(predicted == c) + np.sum(self.truth == c))
+            for c in self.present
+        ]
+        return float(np.mean(dice))
+
+
+def write_report(summary: dict[str, Any]) -> None:
+    plot(summary)
+    step = summary["step_mm"]
+    lines = [
+        f"Measured {summary['date']} on {summary['machine']} by `bench/frame_search.py`: "
+        f"`{summary['checkpoint']}` (sha256 {summary['sha256'][:12]}...) alone "
+        f"(`--refine-steps 0`), resolution {summary['resolution']}, the frame's centre moved on "
+        f"a grid of {step:g} mm per axis (27 frames). Score: the Dice against the input's labels "
+        "at 40,000 points, from the encoding alone (no fitting).",
+        "",
+        "| case | centred | mean over frames | lowest - highest | correlation score / Dice "
+        "| frame of the highest score | its Dice |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, frames in summary["cases"].items():
+        dice = np.array([f["mean_dice"] for f in frames])
+        score = np.array([f["score"] for f in frames])
+        centred = next(f for f in frames if not any(f["shift_mm"]))["mean_dice"]
+        best = frames[int(score.argmax())]
+        lines.append(
+            f"| {name} | {centred:.3f} | {dice.mean():.3f} | {dice.min():.3f} - {dice.max():.3f} "
+            f"| {np.corrcoef(score, dice)[0, 1]:.3f} | {best['shift_mm']} mm | "
+            f"{best['mean_dice']:.3f} |"
+        )
+    lines += ["", f"![frames: score against Dice](bench/results/{PICTURE.name})"]
+    write_section("bench/frame_search.py", "Frame search", lines)
+
+
+def plot(summary: dict[str, Any]) -> None:
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for name, frames in summary["cases"].items():
+        score = [f["score"] for f in frames]
+        dice = [f["mean_dice"] for f in frames]
+        axes.plot(score, dice, "o", label=name)
+    axes.set(xlabel="score: Dice against the input at 40,000 points, no fitting",
+             ylabel="mean Dice of the reconstruction", title="one frame a point")  # fmt: skip
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(PICTURE, dpi=80)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
