@@ -94,7 +94,7 @@ class InputScore:
     """The Dice, against the input's labels, of the classes a frame's encoding predicts at fixed
     points: what a search could rank frames by without knowing anything the input does not."""
 
-    def __init__(self, volume: LabelVolume, working_mm: float, loaded: LoadedModel) -> None:
+    def __init__(self, volume: LabelVolume, working_mm: float | None, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.surfaces = class_surfaces(volume, working_mm)
         rng = np.random.default_rng(0)
