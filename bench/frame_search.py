@@ -30,6 +30,7 @@ from reconstruct import cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
+from heartvec.normalization import Normalization
 from heartvec.reconstruction import pipeline
 from heartvec.reconstruction.encoding import LoadedModel, encoder_inputs, load_model
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
@@ -69,11 +70,11 @@ def main() -> int:
             for shift in tqdm(shifts, desc=name):
                 with frame_moved(shift):
                     report = reconstruct(path, Path(scratch), label_table, loaded, settings)
-                    frames.append({
-                        "shift_mm": shift.tolist(),
-                        "mean_dice": report["summary"]["mean_dice"],
-                        "score": score(shift),
-                    })  # fmt: skip
+                frames.append({
+                    "shift_mm": shift.tolist(),
+                    "mean_dice": report["summary"]["mean_dice"],
+                    "score": score(shift),
+                })  # fmt: skip
             cases[name] = frames
     summary = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -104,11 +105,11 @@ class InputScore:
         self.points = np.concatenate([near, rng.uniform(low, high, (20000, 3))])
         self.truth = volume.class_at(self.points)
         self.present = np.array(sorted(self.surfaces))
+        self.centred = pipeline.checkpoint_normalization(loaded.state, self.surfaces)
 
     def __call__(self, shift: np.ndarray) -> float:
         model = self.loaded.model
-        with frame_moved(shift):
-            frame = pipeline.checkpoint_normalization(self.loaded.state, self.surfaces)
+        frame = Normalization(center=self.centred.center + shift, scale=self.centred.scale)
         queries = torch.from_numpy(frame.to_normalized(self.points)).float()[None]
         with torch.no_grad():
             inputs = encoder_inputs(model, self.surfaces, frame, np.random.default_rng(0))
