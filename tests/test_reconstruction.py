@@ -114,7 +114,7 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     phantom, checkpoint = trained
     out, again = tmp_path / "out", tmp_path / "again"
     args = ["--checkpoint", checkpoint, "--resolution", "48"]
-    refined = ["--refine-steps", "10", "--refine-points", "192"]
+    refined = ["--refine-steps", "10", "--refine-points", "192", "--frame-search", "6"]
     assert run_cli("reconstruct", phantom, "--out", out, *args, *refined)[0] == 0
     code = np.load(out / "shape_code.npz")
     state = load_checkpoint(checkpoint)
@@ -126,6 +126,9 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     report = json.loads((out / "report.json").read_text())
     assert str(code["checkpoint_sha256"]) == report["model"]["checkpoint_sha256"]
     assert report["refinement"]["points_per_step"] == 192
+    assert report["frame_search"]["frames"] == 6  # the code keeps the frame the search chose
+    np.testing.assert_allclose(code["center"], report["normalization"]["center_mm"])
+    assert float(code["scale"]) == report["normalization"]["scale_mm"]
 
     status, _, err = run_cli("decode", out / "shape_code.npz", "--out", again, *args[:2])
     assert status == 0, err
@@ -234,6 +237,10 @@ def test_bad_input_and_missing_checkpoint(trained: tuple[Path, Path], tmp_path: 
         status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "d",
                                  "--checkpoint", checkpoint, "--refine-points", points)  # fmt: skip
         assert status == 2 and "heartvec: error: --refine-points" in err and points in err
+    for frames in ("-1", "65"):
+        status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path / "e",
+                                 "--checkpoint", checkpoint, "--frame-search", frames)  # fmt: skip
+        assert status == 2 and "heartvec: error: --frame-search" in err and frames in err
 
 
 LEARNING_RATES = {"context": 3e-2, "latents": 8e-2}  # each target's best (bench/refinement.py)

@@ -128,13 +128,15 @@ def test_a_celery_job_process_runs_its_jobs_on_a_host_pool(
     service.start_api()
     worker = service.start_worker()
     wait_for(lambda: "host pool: 2 spawned workers" in worker.output(), 60, "the host pool")
-    response = service.submit(phantom, **{**QUICK, "refine_steps": 5, "refine_points": 192})
+    options = {**QUICK, "refine_steps": 5, "refine_points": 192, "frame_search": 3}
+    response = service.submit(phantom, **options)
     job = service.wait_status(response.json()["id"], {"succeeded", "failed"})
     assert job["status"] == "succeeded", job["error"]
     assert job["metrics"]["summary"]["mean_dice_large"] > 0.4
     assert job["options"]["refine_points"] == 192  # the options reach the worker's refinement
     report = service.client.get(f"/jobs/{job['id']}/results/report.json").json()
     assert report["refinement"]["steps"] == 5 and report["refinement"]["points_per_step"] == 192
+    assert report["frame_search"]["frames"] == 3  # and its frame search
     assert "running inline" not in worker.output() and "no host pool" not in worker.output()
 
     (job_process,) = _children(worker.handle.pid)
@@ -309,7 +311,7 @@ def test_bad_inputs_get_4xx_and_the_service_stays_healthy(
     no_file = service.client.post("/reconstruct", data={"labels": "default"}, files={"x": b"1"})
     assert no_file.status_code == 422
     bad_fields = (("resolution", "9999"), ("labels", "/etc/passwd"), ("colour", "red"),
-                  ("refine_points", "10"))  # fmt: skip
+                  ("refine_points", "10"), ("frame_search", "65"))  # fmt: skip
     for field, value in bad_fields:
         response = service.submit(phantom, **{field: value})
         assert response.status_code == 422 and field in response.json()["detail"]

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
             "0: the encoder's latents as they are")  # fmt: skip
     _option(parser, "refine_points", "fit points each refinement step draws",
             "fewer: faster on a CPU, a coarser fit of the thin vessels")  # fmt: skip
+    _option(parser, "frame_search",
+            "frames a search over the frame's centre and scale scores against the input",
+            "0: the frame centred on the input's box")  # fmt: skip
     parser.add_argument(
         "--min-piece",
         type=float,
@@ -77,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = ReconstructSettings(  # checks the options' ranges (InputError: exit 2)
         resolution=args.resolution,
         refine=RefineSettings(steps=args.refine_steps, points_per_step=args.refine_points),
+        frame_search=args.frame_search,
         device=args.device,
         precision=args.precision,
         min_piece=args.min_piece,

@@ -63,7 +63,8 @@ class Job(Base):
     """One reconstruction request.
 
     Args:
-        options: {labels, ignore_unknown_labels, resolution, refine_steps, refine_points} as
+        options: {labels, ignore_unknown_labels, resolution, refine_steps, refine_points,
+            frame_search} as
             submitted (a field left out takes its default).
         input: {name, bytes, sha256, suffix, shape, spacing_mm, labels} of the upload.
         metrics: the report's summary and timings once succeeded.

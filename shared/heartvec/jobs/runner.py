@@ -165,6 +165,7 @@ def _run_claimed(
                 refine=RefineSettings(
                     steps=options.refine_steps, points_per_step=options.refine_points
                 ),
+                frame_search=options.frame_search,
                 device=str(model.device),
             ),
             options.ignore_unknown_labels,

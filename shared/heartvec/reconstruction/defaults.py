@@ -6,6 +6,14 @@ RESOLUTION = 256
 # extracted on blocks of voxels at most this wide: a CT scan's 0.35-0.5 mm voxels give the model
 # nothing a 1 mm grid does not (bench/working_resolution.py), at several times the triangles
 WORKING_MM = 1.0
+# frame search (frame_search.py): frames scored against the input before encoding (0: none);
+# the compass search's first steps of the centre (mm) and of the scale (a fraction), halved
+# twice: 5 mm / 5% halved once got stuck short of the best on held-out real B (scores of 4 cases,
+# BENCHMARKS.md "Frame search in reconstruct")
+FRAME_SEARCH = 0
+FRAME_STEP_MM = 10.0
+FRAME_SCALE_STEP = 0.1
+FRAME_HALVINGS = 2
 # refinement: chosen together by bench/refinement.py (its figures: BENCHMARKS.md); the steps
 # again with the fit points balanced per class (bench/checkpoints.py --tag steps): 400 -> 800
 # lifted held-out real B 0.936 -> 0.950 mean Dice, HD95 2.2 -> 1.8 mm, the pulmonary veins

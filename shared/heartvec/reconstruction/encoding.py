@@ -12,7 +12,7 @@ import torch
 
 from heartvec.errors import InputError
 from heartvec.model.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from heartvec.model.sampling import balanced_surface_subsample
+from heartvec.model.sampling import balanced_pick, class_members
 from heartvec.model.vecset import VecSetAutoencoder
 from heartvec.normalization import (
     DEFAULT_SCALE_MM,
@@ -81,6 +81,30 @@ def checkpoint_normalization(state: dict[str, Any], surfaces: dict[int, Surface]
     return fitted_normalization(surfaces) if scale is None else fixed_normalization(surfaces, scale)
 
 
+@dataclass(frozen=True)
+class EncoderSample:
+    """The encoder's surface points in world mm (N, 3) and their classes (N,): drawn once, so
+    every frame a search tries encodes the same points."""
+
+    world: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def draw(
+        cls, model: VecSetAutoencoder, surfaces: dict[int, Surface], rng: np.random.Generator
+    ) -> EncoderSample:
+        """`model.config.num_inputs` points drawn evenly per class, as in training."""
+        count = model.config.num_inputs
+        world, labels, _ = sample_surfaces(surfaces, 8 * count, rng)
+        order = balanced_pick(class_members(labels), count, rng)
+        return cls(world[order], labels[order].astype(np.int64))
+
+    def inputs(self, frame: Normalization) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's inputs in `frame`: points (1, N, 3) float32, classes (1, N) int64."""
+        points = frame.to_normalized(self.world).astype(np.float32)
+        return torch.from_numpy(points)[None], torch.from_numpy(self.labels)[None]
+
+
 def encoder_inputs(
     model: VecSetAutoencoder,
     surfaces: dict[int, Surface],
@@ -89,9 +113,4 @@ def encoder_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoder's surface points (1, N, 3), normalized, and their classes (1, N),
     drawn evenly per class as in training."""
-    count = model.config.num_inputs
-    world, labels, _ = sample_surfaces(surfaces, 8 * count, rng)
-    points, labels = balanced_surface_subsample(
-        normalization.to_normalized(world), labels, count, rng
-    )
-    return torch.from_numpy(points)[None], torch.from_numpy(labels)[None]
+    return EncoderSample.draw(model, surfaces, rng).inputs(normalization)

@@ -23,6 +23,8 @@ class ReconstructOptions(BaseModel):
         resolution: grid points along the longest side of the heart's box.
         refine_steps: latent refinement steps fitting the input itself (0: none).
         refine_points: fit points each refinement step draws (fewer: faster, coarser).
+        frame_search: frames a search over the frame's centre and scale scores against the input
+            before encoding (0: the frame centred on the input's box).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,6 +34,7 @@ class ReconstructOptions(BaseModel):
     resolution: int = Field(defaults.RESOLUTION, ge=32, le=512)
     refine_steps: int = Field(defaults.REFINE_STEPS, ge=0, le=1000)
     refine_points: int = Field(defaults.REFINE_POINTS, ge=96, le=8192)
+    frame_search: int = Field(defaults.FRAME_SEARCH, ge=0, le=64)
 
     @field_validator("labels")
     @classmethod

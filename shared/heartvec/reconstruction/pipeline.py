@@ -31,13 +31,14 @@ from heartvec.reconstruction.decoding import (
     grid_box,
 )
 from heartvec.reconstruction.encoding import (
+    EncoderSample,
     LoadedModel,
     check_classes,
     checkpoint_normalization,
-    encoder_inputs,
     load_model,
 )
 from heartvec.reconstruction.export import write_label_volume, write_meshes
+from heartvec.reconstruction.frame_search import FrameScore, FrameSteps, search_frame
 from heartvec.reconstruction.hostwork import Deferred, running_host_pool
 from heartvec.reconstruction.meshes import shape_labels, shape_meshes
 from heartvec.reconstruction.options import ReconstructOptions
@@ -59,7 +60,8 @@ from heartvec.resources import peak_memory_mb
 from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import LabelVolume, VoxelGrid, load_label_volume
 
-STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
+STAGES = ("load", "model", "frame", "encode", "refine", "decode", "meshes", "labels", "write",
+          "report")  # fmt: skip
 """In order. The preview PNG is drawn on a thread (or a host pool's process) from the start of
 'write' to the end of 'report' (their timings include waiting for it)."""
 
@@ -79,6 +81,9 @@ class ReconstructSettings:
         `ReconstructOptions`).
     refine: the latent refinement's settings (`refine.steps` 0: none; the ranges:
         `ReconstructOptions.refine_steps` and `.refine_points`).
+    frame_search: frames (encodes) a search over the normalized frame's centre and scale may
+        score against the input before the best is encoded (`frame_search`); 0 or 1: the
+        checkpoint's frame centred on the input's box only.
     device: 'cpu', 'cuda' or 'cuda:N'.
     seed: seeds the surface sampling.
     min_piece: pieces of a class's decoded inside smaller than this fraction of its largest
@@ -96,6 +101,7 @@ class ReconstructSettings:
 
     resolution: int = defaults.RESOLUTION
     refine: RefineSettings = field(default_factory=RefineSettings)
+    frame_search: int = defaults.FRAME_SEARCH
     device: str = "cpu"
     seed: int = 0
     precision: str = "auto"
@@ -107,6 +113,7 @@ class ReconstructSettings:
         ReconstructOptions.check("resolution", self.resolution, "--resolution")
         ReconstructOptions.check("refine_steps", self.refine.steps, "--refine-steps")
         ReconstructOptions.check("refine_points", self.refine.points_per_step, "--refine-points")
+        ReconstructOptions.check("frame_search", self.frame_search, "--frame-search")
         if not 0 <= self.min_piece < 1:  # also NaN
             raise InputError("--min-piece", f"{self.min_piece}: need 0 <= fraction < 1")
         if self.working_mm is not None and not 0 < self.working_mm < float("inf"):
@@ -156,6 +163,18 @@ def reconstruct(
         check_classes(state, volume, loaded.checkpoint)
         normalization = checkpoint_normalization(state, surfaces)
     dtype = autocast_dtype(settings.precision, device)
+    with clock.stage("frame"):
+        sample = EncoderSample.draw(model, surfaces, rng)  # every frame encodes these points
+        frame_record = None
+        if settings.frame_search > 1:
+            score = FrameScore(
+                model, volume, surfaces, sample, np.random.default_rng((settings.seed, 2)), dtype
+            )
+            steps = FrameSteps(
+                settings.frame_search, defaults.FRAME_STEP_MM, defaults.FRAME_SCALE_STEP,
+                defaults.FRAME_HALVINGS,
+            )  # fmt: skip
+            normalization, frame_record = search_frame(score, normalization, steps)
     if device.type == "cuda" and pool is None:  # the preview's matplotlib while the GPU works
         threading.Thread(target=import_module, args=("matplotlib.figure",), daemon=True).start()
     targets = None  # the refinement's exact distances: they start while the device encodes
@@ -171,7 +190,7 @@ def reconstruct(
     supports = _start_supports(volume, surfaces, normalization, low, high, settings)
 
     with clock.stage("encode"):
-        points, labels = encoder_inputs(model, surfaces, normalization, rng)
+        points, labels = sample.inputs(normalization)
         with torch.no_grad():
             latents = model.encode(points.to(device), labels.to(device)).float()  # (1, M, D)
     encoded = latents
@@ -241,6 +260,7 @@ def reconstruct(
                 )
                 | support_record(supports.result(), outside, grid, normalization, label_table),
                 "normalization": normalization_record(normalization),
+                "frame_search": frame_record,
                 "model": model_record(loaded),
                 "device": str(device),
                 "precision": "bf16" if dtype is not None else "fp32",
