@@ -69,7 +69,11 @@ def test_upload_in_the_browser_shows_a_rendered_heart(embedded: Service, tmp_pat
     ]
     points = [str(b) for b in ReconstructOptions.bounds("refine_points")]
     assert summary["options"]["points"] == [*points, str(defaults.REFINE_POINTS)]
+    frames = [str(b) for b in ReconstructOptions.bounds("frame_search")]
+    assert summary["options"]["frames"] == [*frames, str(defaults.FRAME_SEARCH)]
     assert summary["options"]["labels"] == ["default", "mmwhs", "mmwhs-raw"]
+    (job,) = embedded.client.get("/jobs").json()["items"]
+    assert job["options"]["frame_search"] == 4  # the form's frames reach the job
     assert summary["problems"] == []
 
     pixels = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float64) / 255

@@ -21,11 +21,14 @@ try {
     refine: [document.getElementById("refine").min, document.getElementById("refine").max],
     points: [document.getElementById("points").min, document.getElementById("points").max,
              document.getElementById("points").value],
+    frames: [document.getElementById("frames").min, document.getElementById("frames").max,
+             document.getElementById("frames").value],
     labels: [...document.getElementById("labels").options].map((option) => option.value),
   }));
   if (token) await page.fill("#token", token).then(() => page.dispatchEvent("#token", "change"));
   await page.fill("#resolution", "48");
   await page.fill("#refine", "0");
+  await page.fill("#frames", "4");
   await page.setInputFiles("#file", volume);
   await page.waitForSelector("body[data-viewer^='ready']", { timeout: 240_000 });
   await page.waitForTimeout(500);

@@ -44,6 +44,7 @@ function upload(file) {
   form.append("resolution", $("resolution").value);
   form.append("refine_steps", $("refine").value);
   form.append("refine_points", $("points").value);
+  form.append("frame_search", $("frames").value);
   const request = new XMLHttpRequest();
   request.open("POST", "/reconstruct");
   for (const [key, value] of Object.entries(authHeaders())) request.setRequestHeader(key, value);
@@ -249,12 +250,14 @@ async function applyOptionSchema() {
     .schema.properties;
   const bounded = [
     ["resolution", "resolution"], ["refine", "refine_steps"], ["points", "refine_points"],
+    ["frames", "frame_search"],
   ];
   for (const [id, name] of bounded) {
     $(id).min = fields[name].minimum;
     $(id).max = fields[name].maximum;
   }
   $("points").value = fields.refine_points.default;
+  $("frames").value = fields.frame_search.default;
   const tables = fields.labels.enum;
   $("labels").replaceChildren(...tables.map((name) => new Option(name, name)));
 }
