@@ -23,7 +23,6 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from benchmarks_md import write_section
 from encoder import REAL, RESULTS, frame_moved
 from reconstruct import cpu_description
@@ -32,13 +31,13 @@ from tqdm import tqdm
 from heartvec.labels import load_label_table
 from heartvec.normalization import Normalization
 from heartvec.reconstruction import pipeline
-from heartvec.reconstruction.encoding import LoadedModel, encoder_inputs, load_model
+from heartvec.reconstruction.encoding import EncoderSample, load_model
+from heartvec.reconstruction.frame_search import FrameScore
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
-from heartvec.samples import sample_surfaces
 from heartvec.settings import BUNDLED_CHECKPOINT
 from heartvec.surfaces import class_surfaces
-from heartvec.volume import LabelVolume, load_label_volume
+from heartvec.volume import load_label_volume
 
 SAVED = RESULTS / "frame_search.json"
 PICTURE = RESULTS / "frame_search.png"
@@ -65,7 +64,12 @@ def main() -> int:
             label_table = load_label_table(table)
             whole = load_label_volume(path, label_table)
             volume = whole.crop(*whole.foreground_box(margin=2))
-            score = InputScore(volume, settings.working_mm, loaded)
+            surfaces = class_surfaces(volume, settings.working_mm)
+            centred = pipeline.checkpoint_normalization(loaded.state, surfaces)
+            sample = EncoderSample.draw(loaded.model, surfaces, np.random.default_rng(0))
+            score = FrameScore(
+                loaded.model, volume, surfaces, sample, np.random.default_rng(0), points=40_000
+            )
             frames = []
             for shift in tqdm(shifts, desc=name):
                 with frame_moved(shift):
@@ -73,7 +77,7 @@ def main() -> int:
                 frames.append({
                     "shift_mm": shift.tolist(),
                     "mean_dice": report["summary"]["mean_dice"],
-                    "score": score(shift),
+                    "score": score(Normalization(centred.center + shift, centred.scale)),
                 })  # fmt: skip
             cases[name] = frames
     summary = {
@@ -89,40 +93,6 @@ def main() -> int:
     SAVED.write_text(json.dumps(summary, indent=2))
     write_report(summary)
     return 0
-
-
-class InputScore:
-    """The Dice, against the input's labels, of the classes a frame's encoding predicts at fixed
-    points: what a search could rank frames by without knowing anything the input does not."""
-
-    def __init__(self, volume: LabelVolume, working_mm: float | None, loaded: LoadedModel) -> None:
-        self.loaded = loaded
-        self.surfaces = class_surfaces(volume, working_mm)
-        rng = np.random.default_rng(0)
-        on_surface, _, _ = sample_surfaces(self.surfaces, 20000, rng)
-        near = on_surface + rng.normal(0.0, 3.0, on_surface.shape)
-        low, high = on_surface.min(axis=0) - 10.0, on_surface.max(axis=0) + 10.0
-        self.points = np.concatenate([near, rng.uniform(low, high, (20000, 3))])
-        self.truth = volume.class_at(self.points)
-        self.present = np.array(sorted(self.surfaces))
-        self.centred = pipeline.checkpoint_normalization(loaded.state, self.surfaces)
-
-    def __call__(self, shift: np.ndarray) -> float:
-        model = self.loaded.model
-        frame = Normalization(center=self.centred.center + shift, scale=self.centred.scale)
-        queries = torch.from_numpy(frame.to_normalized(self.points)).float()[None]
-        with torch.no_grad():
-            inputs = encoder_inputs(model, self.surfaces, frame, np.random.default_rng(0))
-            context = model.process(model.encode(*inputs))
-            sdf = model.decode(context, queries)[0].float().numpy()[:, self.present - 1]
-        predicted = np.where(sdf.min(axis=1) < 0, self.present[sdf.argmin(axis=1)], 0)
-        dice = [
-            2
-            * np.sum((predicted == c) & (self.truth == c))
-            / max(1, np.sum(predicted == c) + np.sum(self.truth == c))
-            for c in self.present
-        ]
-        return float(np.mean(dice))
 
 
 def write_report(summary: dict[str, Any]) -> None:
