@@ -6,7 +6,8 @@
 #   sigterm    one CUDA process stopped by SIGTERM (exit 75 within 60 s), resumed (CUDA RNG states)
 #   evaluate   `heartvec evaluate` and `export-checkpoint` of that run, a reconstruction with it
 #   bench      bench/train.py's GPU rows (throughput, peak memory; `base, 2, autograd` included)
-#   reconstruct  `heartvec reconstruct --device cuda` with the bundled checkpoint, defaults
+#   reconstruct  `heartvec reconstruct --device cuda` with the bundled checkpoint, defaults; and
+#              the encoder alone after a 48-frame search (`--frame-search 48`: its stage's time)
 #   service    a job through `heartvec serve --embedded` on the GPU, upload to succeeded
 #   realct     bench/real_ct.py on the GPU: the real subjects' scans and heart crops against a
 #              256^3 phantom (carry the data: REAL_DATA=folder, default ../shared/data)
@@ -169,6 +170,13 @@ check_reconstruct() {
     cp "$out/report.json" "$WORK/keep/reconstruct_report.json"
     note="mean Dice $(json "$out/report.json" 'round(j["summary"]["mean_dice"], 3)'),"
     note="$note pipeline $(json "$out/report.json" 'j["timings"]["total_s"]') s"
+    # the frame search on the device: 48 frames before the encoder alone
+    heartvec reconstruct "$DATA/volumes/phantom_s3001.nii.gz" --out "$WORK/framed" \
+        --device "$DEVICE" --resolution "$RESOLUTION" --refine-steps 0 --frame-search 48 || return 1
+    cp "$WORK/framed/report.json" "$WORK/keep/frame_search_report.json"
+    note="$note; --frame-search 48 alone: mean Dice"
+    note="$note $(json "$WORK/framed/report.json" 'round(j["summary"]["mean_dice"], 3)'),"
+    note="$note frame stage $(json "$WORK/framed/report.json" 'j["timings"]["frame_s"]') s"
 }
 
 check_service() {
