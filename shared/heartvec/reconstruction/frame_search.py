@@ -1,4 +1,4 @@
-"""Where the frame falls: a search over the normalized frame's centre, scored by the input.
+"""Where the frame falls: a search over the frame's centre and scale, scored by the input.
 
 The encoder sees the heart in a frame centred on the input's box; that centre is a convention,
 and on a heart it has not seen the encoder alone can read several hundredths of mean Dice better
