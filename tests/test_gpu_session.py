@@ -48,6 +48,7 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
         "PHANTOMS": "3",
         "PHANTOM_SEED": "4100",
         "POINTS": "3000",
+        "SCALE_MM": "90",
         "PREPARE_S": "300",
         "HELD_OUT": str(held_out),
         "HELD_OUT_LABELS": "default",
@@ -82,7 +83,10 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
         assert 0.2 < report["summary"]["mean_dice"] <= 1.0
         assert f"held out, {name}: the checkpoint alone mean Dice" in log
         hashes[name] = report["model"]["checkpoint_sha256"]
+        # the bundled checkpoint's frame, then the one the run trained in (SCALE_MM)
+        assert report["normalization"]["scale_mm"] == (100.0 if name == "init" else 90.0)
     assert hashes["last"] != hashes["init"]  # measured with the checkpoint it trained
     trained = load_checkpoint(out / "heartvec-small.pt")
     assert trained["step"] > 0 and (out / "history.json").is_file()
+    assert trained["normalization"] == {"scale_mm": 90.0}
     assert load_checkpoint(BUNDLED_CHECKPOINT)["model_config"] == trained["model_config"]
