@@ -1,6 +1,7 @@
 """Checkpoints side by side, in one run: each with the defaults (over several refinement seeds)
-and alone (`--refine-steps 0`), on real subject B (never trained on), real subject A (marked when
-a checkpoint's training saw hearts made from it) and unseen phantoms (256^3 at 1 mm), per class.
+and alone (`--refine-steps 0`), on the real subjects (the one no checkpoint trained on first: B,
+or A with `--trained-on B`; the other marked as seen when `--trained-on` names it) and unseen
+phantoms (256^3 at 1 mm), per class.
 What decides whether a new checkpoint (or a re-export with a level offset) ships.
 
 A variant may change the refinement's settings: `NAME=CKPT,FIELD=VALUE,...` with fields of
@@ -9,7 +10,7 @@ A variant may change the refinement's settings: `NAME=CKPT,FIELD=VALUE,...` with
 `--tag T` keeps the results apart (bench/results/checkpoints_T.json/.png, its own section).
 
 Usage: .venv/bin/python bench/checkpoints.py NAME=CKPT[,FIELD=VALUE...] [...] [--seeds 0 1 2]
-       [--phantoms 5000 5001] [--cases CASE ...] [--trained-on-a] [--refined-only] [--tag T]
+       [--phantoms 5000 5001] [--cases CASE ...] [--trained-on A|B] [--refined-only] [--tag T]
        [--report-only]
 """
 
@@ -102,7 +103,14 @@ def main() -> int:
     parser.add_argument(
         "--cases", nargs="+", help="only these cases ('real B', 'real A', 'phantom 5000', ...)"
     )
-    parser.add_argument("--trained-on-a", action="store_true", help="some of them saw subject A")
+    parser.add_argument(
+        "--trained-on",
+        choices=["A", "B"],
+        help="the real subject some of them trained on (hearts made from); the other is held out",
+    )
+    parser.add_argument(
+        "--trained-on-a", dest="trained_on", action="store_const", const="A", help="--trained-on A"
+    )
     parser.add_argument("--refined-only", action="store_true", help="skip the checkpoint alone")
     parser.add_argument("--tag", default="", choices=sorted(TAGGED))
     parser.add_argument("--report-only", action="store_true")
@@ -121,7 +129,8 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        cases = {name: spec for name, spec in REAL.items() if spec[0].is_file()}
+        order = ["real A", "real B"] if args.trained_on == "B" else ["real B", "real A"]
+        cases = {name: REAL[name] for name in order if REAL[name][0].is_file()}
         for seed in args.phantoms:
             labels, affine = make_phantom(seed, size=256, spacing=1.0)
             path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
@@ -159,7 +168,7 @@ def main() -> int:
     summary = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": cpu_description(),
-        "trained_on_a": args.trained_on_a,
+        "trained_on": args.trained_on,
         "default_steps": RefineSettings().steps,
         "seeds": args.seeds,
         "runs": runs,
@@ -197,10 +206,13 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
     changed = {run["checkpoint"]: run.get("refine", {}) for run in summary["runs"]}
     names = list(dict.fromkeys(k[0] for k in table))
     cases = list(dict.fromkeys(k[1] for k in table))
-    a_note = (
-        " (its training saw hearts made from A)"
-        if summary["trained_on_a"]
-        else " (not trained on either)"
+    seen = summary.get("trained_on", "A" if summary.get("trained_on_a") else None)
+    held_out = "A" if seen == "B" else "B"
+    subjects = (
+        f"Real {held_out} was never trained on; some of the checkpoints trained on hearts made "
+        f"from real {seen}"
+        if seen
+        else "Neither real subject was trained on"
     )
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/checkpoints.py"
@@ -209,7 +221,7 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
         f"{summary.get('default_steps', 400)} refinement steps unless the variant changes them; "
         f"the mean over refinement seeds {summary['seeds']} [their range])"
         + (" and alone (`--refine-steps 0`, resolution 256)" if "alone" in modes else "")
-        + f". Real B was never trained on; real A{a_note}. Phantoms: 256^3 at 1 mm, seeds no "
+        + f". {subjects}. Phantoms: 256^3 at 1 mm, seeds no "
         "training set holds. Time: a reconstruction's, mean over the cases and seeds. Cells: mean "
         "Dice [range] / mean HD95.",
         *([after] if after else []),
@@ -264,7 +276,7 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
         low = 0.85 if mode == "defaults" else 0.4
         axis.set(ylim=(low, 1.0), ylabel="mean Dice", title=f"{mode}")
         axis.legend(fontsize="small")
-    figure.suptitle(f"{heading.lower()} (real B never trained on)")
+    figure.suptitle(f"{heading.lower()} (real {held_out} never trained on)")
     figure.savefig(picture, dpi=90)
     plt.close(figure)
 
