@@ -64,8 +64,7 @@ class Job(Base):
 
     Args:
         options: {labels, ignore_unknown_labels, resolution, refine_steps, refine_points,
-            frame_search} as
-            submitted (a field left out takes its default).
+            frame_search} as submitted (a field left out takes its default).
         input: {name, bytes, sha256, suffix, shape, spacing_mm, labels} of the upload.
         metrics: the report's summary and timings once succeeded.
         results: [{name, media_type, bytes}] files under the job's result folder.
