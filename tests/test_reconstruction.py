@@ -115,7 +115,8 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     out, again = tmp_path / "out", tmp_path / "again"
     args = ["--checkpoint", checkpoint, "--resolution", "48"]
     refined = ["--refine-steps", "10", "--refine-points", "192", "--frame-search", "6"]
-    assert run_cli("reconstruct", phantom, "--out", out, *args, *refined)[0] == 0
+    status, printed, _ = run_cli("reconstruct", phantom, "--out", out, *args, *refined)
+    assert status == 0
     code = np.load(out / "shape_code.npz")
     state = load_checkpoint(checkpoint)
     assert code["latents"].shape == (state["model_config"]["num_latents"],
@@ -127,6 +128,9 @@ def test_the_shape_code_decodes_to_the_reconstruction(
     assert str(code["checkpoint_sha256"]) == report["model"]["checkpoint_sha256"]
     assert report["refinement"]["points_per_step"] == 192
     assert report["frame_search"]["frames"] == 6  # the code keeps the frame the search chose
+    summary = json.loads(printed.strip().splitlines()[-1])  # and the command's last line says it
+    assert summary["frame_shift_mm"] == report["frame_search"]["shift_mm"]
+    assert summary["frame_scale_factor"] == report["frame_search"]["scale_factor"]
     np.testing.assert_allclose(code["center"], report["normalization"]["center_mm"])
     assert float(code["scale"]) == report["normalization"]["scale_mm"]
 

@@ -137,6 +137,7 @@ def test_a_celery_job_process_runs_its_jobs_on_a_host_pool(
     report = service.client.get(f"/jobs/{job['id']}/results/report.json").json()
     assert report["refinement"]["steps"] == 5 and report["refinement"]["points_per_step"] == 192
     assert report["frame_search"]["frames"] == 3  # and its frame search
+    assert job["metrics"]["frame_search"]["frames"] == 3  # which the job's metrics keep
     assert "running inline" not in worker.output() and "no host pool" not in worker.output()
 
     (job_process,) = _children(worker.handle.pid)

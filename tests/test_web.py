@@ -74,6 +74,8 @@ def test_upload_in_the_browser_shows_a_rendered_heart(embedded: Service, tmp_pat
     assert summary["options"]["labels"] == ["default", "mmwhs", "mmwhs-raw"]
     (job,) = embedded.client.get("/jobs").json()["items"]
     assert job["options"]["frame_search"] == 4  # the form's frames reach the job
+    assert summary["frame"].startswith("frame search: centre moved [")  # and the page shows it
+    assert summary["frame"].endswith(f"{job['metrics']['frame_search']['frames']} frames)")
     assert summary["problems"] == []
 
     pixels = np.asarray(Image.open(screenshot).convert("RGB"), dtype=np.float64) / 255

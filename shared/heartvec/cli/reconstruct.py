@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         advance,
     )
     progress.close()
-    summary = report["summary"]
-    print(json.dumps({"out": str(args.out), **summary, "total_s": report["timings"]["total_s"]}))
+    summary = {"out": str(args.out), **report["summary"], "total_s": report["timings"]["total_s"]}
+    if report["frame_search"] is not None:  # the frame the search chose
+        summary["frame_shift_mm"] = report["frame_search"]["shift_mm"]
+        summary["frame_scale_factor"] = report["frame_search"]["scale_factor"]
+    print(json.dumps(summary))
     return 0

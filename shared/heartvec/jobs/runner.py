@@ -270,4 +270,10 @@ def _metrics(report: dict[str, Any]) -> dict[str, Any]:
             k: report["refinement"][k]
             for k in ("steps", "mean_held_out_iou_before", "mean_held_out_iou_after")
         },
+        "frame_search": None
+        if report["frame_search"] is None
+        else {
+            k: report["frame_search"][k]
+            for k in ("shift_mm", "scale_factor", "centred_score", "score", "frames")
+        },
     }

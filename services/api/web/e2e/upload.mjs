@@ -39,6 +39,7 @@ try {
     classRows: await page.locator("#classes tbody tr").count(),
     downloads: await page.locator("#downloads li").count(),
     previewLoaded: await page.evaluate(() => document.getElementById("preview").naturalWidth > 0),
+    frame: await page.textContent("#frame"),
     options,
     problems,
   };

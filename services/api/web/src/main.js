@@ -140,6 +140,13 @@ async function showResult(job) {
     item.append(link);
     return item;
   }));
+  const frame = job.metrics.frame_search;
+  $("frame").hidden = !frame;
+  if (frame) {
+    $("frame").textContent = `frame search: centre moved [${frame.shift_mm.join(", ")}] mm, ` +
+      `scale ×${frame.scale_factor.toFixed(3)} (score ${frame.centred_score.toFixed(3)} → ` +
+      `${frame.score.toFixed(3)}, ${frame.frames} frames)`;
+  }
   $("preview").src = await blobUrl(`/jobs/${job.id}/results/preview.png`);
   const classIndex = {};
   for (const result of job.results) {
