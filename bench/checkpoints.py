@@ -28,16 +28,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from benchmarks_md import write_section
-from encoder import REAL
+from cases import add_trained_on, subject_cases
 from reconstruct import REPO, cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
-from heartvec.phantom import make_phantom
 from heartvec.reconstruction.encoding import load_model
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
-from heartvec_testing.volumes import write_nifti
 
 RESULTS = REPO / "bench" / "results"
 MODES = ("defaults", "alone")
@@ -103,14 +101,7 @@ def main() -> int:
     parser.add_argument(
         "--cases", nargs="+", help="only these cases ('real B', 'real A', 'phantom 5000', ...)"
     )
-    parser.add_argument(
-        "--trained-on",
-        choices=["A", "B"],
-        help="the real subject some of them trained on (hearts made from); the other is held out",
-    )
-    parser.add_argument(
-        "--trained-on-a", dest="trained_on", action="store_const", const="A", help="--trained-on A"
-    )
+    add_trained_on(parser)
     parser.add_argument("--refined-only", action="store_true", help="skip the checkpoint alone")
     parser.add_argument("--tag", default="", choices=sorted(TAGGED))
     parser.add_argument("--report-only", action="store_true")
@@ -129,12 +120,7 @@ def main() -> int:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        order = ["real A", "real B"] if args.trained_on == "B" else ["real B", "real A"]
-        cases = {name: REAL[name] for name in order if REAL[name][0].is_file()}
-        for seed in args.phantoms:
-            labels, affine = make_phantom(seed, size=256, spacing=1.0)
-            path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
-            cases[f"phantom {seed}"] = (path, "default")
+        cases = subject_cases(folder, args.phantoms, args.trained_on)
         if args.cases:
             unknown = set(args.cases) - set(cases)
             if unknown:

@@ -31,25 +31,19 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from benchmarks_md import write_section
+from cases import REAL, add_trained_on, subject_cases
 from reconstruct import REPO, cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import CLASS_NAMES, load_label_table
 from heartvec.model.checkpoint import load_checkpoint
 from heartvec.normalization import Normalization
-from heartvec.phantom import make_phantom
 from heartvec.reconstruction import pipeline
 from heartvec.reconstruction.encoding import load_model
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import BUNDLED_CHECKPOINT
-from heartvec_testing.volumes import write_nifti
 
-DATA = REPO.parent / "shared" / "data"
-REAL = {
-    "real B": (DATA / "second_heart_mmwhs_raw_labels.nii.gz", "mmwhs-raw"),
-    "real A": (DATA / "whole_heart_mmwhs_labels.nii.gz", "mmwhs"),
-}
 RESULTS = REPO / "bench" / "results"
 
 
@@ -57,14 +51,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoints", type=Path, nargs="*", default=[BUNDLED_CHECKPOINT])
     parser.add_argument("--run", type=Path, help="the run the checkpoints come from")
-    parser.add_argument(
-        "--trained-on",
-        choices=["A", "B"],
-        help="the real subject the run trained on (hearts made from it); the other is held out",
-    )
-    parser.add_argument(
-        "--trained-on-a", dest="trained_on", action="store_const", const="A", help="--trained-on A"
-    )
+    add_trained_on(parser)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="*", default=[5000, 5001])
     parser.add_argument("--tag", default="", help="keep these results apart (e.g. stage6)")
@@ -81,12 +68,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        order = ["real A", "real B"] if args.trained_on == "B" else ["real B", "real A"]
-        cases = {name: REAL[name] for name in order if REAL[name][0].is_file()}
-        for seed in args.seeds:
-            labels, affine = make_phantom(seed, size=256, spacing=1.0)
-            path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
-            cases[f"phantom {seed}"] = (path, "default")
+        cases = subject_cases(folder, args.seeds, args.trained_on)
         for checkpoint in tqdm(args.checkpoints, desc="checkpoints"):
             state = load_checkpoint(checkpoint)
             loaded = load_model(checkpoint)

@@ -24,7 +24,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from benchmarks_md import write_section
-from encoder import REAL, RESULTS, frame_moved
+from cases import REAL
+from encoder import RESULTS, frame_moved
 from reconstruct import cpu_description
 from tqdm import tqdm
 

@@ -19,18 +19,17 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 from benchmarks_md import write_section
-from encoder import REAL, RESULTS
+from cases import subject_cases
+from encoder import RESULTS
 from reconstruct import cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
-from heartvec.phantom import make_phantom
 from heartvec.reconstruction import defaults
 from heartvec.reconstruction.encoding import load_model
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import BUNDLED_CHECKPOINT
-from heartvec_testing.volumes import write_nifti
 
 SAVED = RESULTS / "frame_search_reconstruct.json"
 PICTURE = RESULTS / "frame_search_reconstruct.png"
@@ -52,11 +51,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        cases = {name: spec for name, spec in REAL.items() if spec[0].is_file()}
-        for seed in args.seeds:
-            labels, affine = make_phantom(seed, size=256, spacing=1.0)
-            path = write_nifti(folder / f"phantom_s{seed}.nii.gz", labels, affine)
-            cases[f"phantom {seed}"] = (path, "default")
+        cases = subject_cases(folder, args.seeds)
         runs = [(c, f, s) for c in cases for s in args.steps for f in args.frames]
         for name, frames, steps in tqdm(runs, desc="reconstructions"):
             path, table = cases[name]
