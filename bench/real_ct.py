@@ -29,6 +29,7 @@ from reconstruct import REPO, cpu_description
 
 from heartvec.phantom import make_phantom
 from heartvec.reconstruction import defaults
+from heartvec.reconstruction.pipeline import STAGES
 from heartvec_testing.volumes import write_nifti
 
 DATA = REPO.parent / "shared" / "data"
@@ -40,7 +41,6 @@ CROP_MARGIN_MM = 15.0
 HEARTVEC = Path(sys.executable).parent / "heartvec"
 if not HEARTVEC.exists():  # a system Python: its scripts may lie elsewhere on PATH
     HEARTVEC = Path(shutil.which("heartvec") or HEARTVEC)
-STAGES = ("load", "model", "encode", "refine", "decode", "meshes", "labels", "write", "report")
 
 
 def scans(data: Path) -> dict[str, tuple[Path, str]]:
@@ -127,6 +127,8 @@ def main() -> int:
 
 def write_report(summary: dict[str, Any], saved: Path) -> None:
     cases = list(dict.fromkeys(r["case"] for r in summary["runs"]))
+    # the pipeline's stages that these runs timed (results saved before a stage existed lack it)
+    stages = [s for s in STAGES if all(f"{s}_s" in r["timings"] for r in summary["runs"])]
 
     def median(case: str, key: str) -> float:
         values = [r["timings"][key] if key in r["timings"] else r[key] for r in summary["runs"]
@@ -138,12 +140,12 @@ def write_report(summary: dict[str, Any], saved: Path) -> None:
         f"`bench/real_ct.py` (defaults: resolution 256, {summary.get('refine_steps', 400)} "
         "refinement steps; medians of interleaved runs, one process each).",
         "",
-        "| case | voxels | pipeline | process | " + " | ".join(STAGES) + " | mean Dice |",
-        "|---|---|---|---|" + "---|" * len(STAGES) + "---|",
+        "| case | voxels | pipeline | process | " + " | ".join(stages) + " | mean Dice |",
+        "|---|---|---|---|" + "---|" * len(stages) + "---|",
     ]
     for case in cases:
         first = next(r for r in summary["runs"] if r["case"] == case)
-        stage_cells = " | ".join(f"{median(case, f'{s}_s'):.2f}" for s in STAGES)
+        stage_cells = " | ".join(f"{median(case, f'{s}_s'):.2f}" for s in stages)
         lines.append(
             f"| {case} | {first['voxels'] / 1e6:.1f}M | {median(case, 'total_s'):.1f} s | "
             f"{median(case, 'process_s'):.1f} s | {stage_cells} | {first['mean_dice']:.3f} |"
@@ -161,7 +163,7 @@ def write_report(summary: dict[str, Any], saved: Path) -> None:
               f"![stage timings](bench/results/{saved.stem}.png)"]  # fmt: skip
     figure, axis = plt.subplots(figsize=(10, 0.6 * len(cases) + 1.5))
     left = np.zeros(len(cases))
-    for index, stage in enumerate(STAGES):
+    for index, stage in enumerate(stages):
         widths = np.array([median(case, f"{stage}_s") for case in cases])
         axis.barh(cases, widths, left=left, color=f"C{index}", label=stage)
         left += widths
