@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import save_json, write_section
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from heartvec.settings import BUNDLED_CHECKPOINT
@@ -103,7 +103,7 @@ def main() -> int:
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     shutil.copyfile(args.run / "training_curve.png", out / "bundled_training_curve.png")
-    (out / "bundled_checkpoint.json").write_text(json.dumps(evaluation, indent=2))
+    save_json(out / "bundled_checkpoint.json", evaluation)
     validated = [h for h in history if "val" in h]
     best = max(validated, key=lambda h: h["val"]["mean_iou"])
     size_mb = args.checkpoint.stat().st_size / 2**20

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import sys
 import tempfile
@@ -27,9 +26,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from cases import add_trained_on, subject_cases
-from reconstruct import REPO, cpu_description
+from reconstruct import REPO
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
@@ -152,14 +151,14 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "dice"}), flush=True)
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "trained_on": args.trained_on,
         "default_steps": RefineSettings().steps,
         "seeds": args.seeds,
         "runs": runs,
     }
-    saved.write_text(json.dumps(summary, indent=2))
+    save_json(saved, summary)
     write_report(summary, args.tag)
     return 0
 

@@ -19,7 +19,6 @@ the frame falls on the heart, which nothing in an input fixes to the millimetre.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import tempfile
@@ -30,9 +29,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from cases import REAL, add_trained_on, subject_cases
-from reconstruct import REPO, cpu_description
+from reconstruct import REPO
 from tqdm import tqdm
 
 from heartvec.labels import CLASS_NAMES, load_label_table
@@ -99,7 +98,7 @@ def main() -> int:
                     row["cases"][name]["shifted_mean_dice"] = shifted
             rows.append(row)
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "resolution": args.resolution,
         "trained_on": args.trained_on,
@@ -110,7 +109,7 @@ def main() -> int:
     if args.run is not None and (args.run / "training_curve.png").is_file():
         shutil.copy(args.run / "training_curve.png", result_path(args.tag, "_run_curve.png"))
         summary["run_history"] = json.loads((args.run / "history.json").read_text())
-    saved.write_text(json.dumps(summary, indent=2))
+    save_json(saved, summary)
     write_report(summary, args.tag)
     return 0
 

@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/frame_search.py [--checkpoint CKPT] [--step 5] [--
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import tempfile
@@ -23,10 +22,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from cases import REAL
 from encoder import RESULTS, frame_moved
-from reconstruct import cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
@@ -82,7 +80,7 @@ def main() -> int:
                 })  # fmt: skip
             cases[name] = frames
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "checkpoint": args.checkpoint.name,
         "sha256": loaded.sha256,
@@ -90,8 +88,7 @@ def main() -> int:
         "resolution": args.resolution,
         "cases": cases,
     }
-    RESULTS.mkdir(exist_ok=True)
-    SAVED.write_text(json.dumps(summary, indent=2))
+    save_json(SAVED, summary)
     write_report(summary)
     return 0
 

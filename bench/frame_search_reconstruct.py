@@ -11,17 +11,15 @@ Usage: .venv/bin/python bench/frame_search_reconstruct.py [--frames 0 48] [--ste
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from cases import subject_cases
 from encoder import RESULTS
-from reconstruct import cpu_description
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
@@ -75,15 +73,14 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "dice"}), flush=True)
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "checkpoint": args.checkpoint.name,
         "sha256": loaded.sha256,
         "resolution": args.resolution,
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    SAVED.write_text(json.dumps(summary, indent=2))
+    save_json(SAVED, summary)
     write_report(summary)
     return 0
 

@@ -17,7 +17,6 @@ measures around its new levels.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from benchmarks_md import write_section
+from benchmarks_md import machine, save_json, utc_now, write_section
 from cases import phantom_volume
-from reconstruct import REPO, cpu_description
+from reconstruct import REPO
 from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
@@ -191,8 +190,8 @@ def main() -> int:
     loaded = load_model(checkpoint, args.device)
     names = list(loaded.state["class_names"])
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "date": utc_now(),
+        "machine": machine(args.device),
         "checkpoint_sha256": loaded.sha256,
         "level_offset": loaded.state.get("level_offset", 0.0),
         "resolution": args.resolution,
@@ -247,7 +246,7 @@ def main() -> int:
             results["real"][name] = {**row, "trained": False}
         else:
             results["unseen"][name] = row
-    (out / "level_offset.json").write_text(json.dumps(results, indent=2))
+    save_json(out / "level_offset.json", results)
     plot(results, out / "level_offset.png")
     update_benchmarks(results)
     return 0

@@ -14,7 +14,6 @@ Usage: .venv/bin/python bench/prepare.py [--baseline-points 200] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import subprocess
@@ -28,7 +27,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import trimesh
-from benchmarks_md import write_section
+from benchmarks_md import save_json, utc_now, write_section
 
 from heartvec.labels import load_label_table
 from heartvec.normalization import fixed_normalization
@@ -100,7 +99,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": f"{platform.node()}: {platform.processor() or platform.machine()}, "
         f"{_cores()} cores, Python {platform.python_version()}",
     }
@@ -143,7 +142,7 @@ def main() -> int:
 
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / "prepare.json").write_text(json.dumps(results, indent=2))
+    save_json(out_dir / "prepare.json", results)
     plot(results, out_dir / "prepare.png")
     update_benchmarks(results)
     return 0

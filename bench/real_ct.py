@@ -11,7 +11,6 @@ uses) prints its rows and writes neither results nor BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shutil
 import subprocess
@@ -24,8 +23,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
-from benchmarks_md import write_section
-from reconstruct import REPO, cpu_description
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from reconstruct import REPO
 
 from heartvec.phantom import make_phantom
 from heartvec.reconstruction import defaults
@@ -113,14 +112,13 @@ def main() -> int:
     if quick:
         return 0
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "device": args.device,
         "refine_steps": defaults.REFINE_STEPS,
         "runs": runs,
     }
-    saved.parent.mkdir(exist_ok=True)
-    saved.write_text(json.dumps(summary, indent=2))
+    save_json(saved, summary)
     write_report(summary, saved)
     return 0
 

@@ -20,10 +20,7 @@ Usage: .venv/bin/python bench/reconstruct.py --checkpoint CKPT [--seeds 5000 500
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -36,13 +33,12 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import torch
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, machine, save_json, utc_now, write_section
 
 from heartvec.labels import load_label_table
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
 from heartvec.phantom import make_phantom
 from heartvec.reconstruction import decoding, encoding
-from heartvec.reconstruction.decoding import cpu_has_native_bf16
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import default_checkpoint
 from heartvec.surfaces import class_surfaces
@@ -106,24 +102,6 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def cpu_description() -> str:
-    """The CPU model, its cores and whether it has native bf16: the latency depends on it (AMX /
-    AVX512-BF16 machines decode in bf16 under `--precision auto`, others in fp32)."""
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
-    return (
-        f"{model} ({platform.machine()}, {os.cpu_count()} cores, {bf16}), "
-        f"{torch.get_num_threads()} torch threads"
-    )
-
-
 def _shown(checkpoint: Path) -> str:
     """The checkpoint's path as BENCHMARKS.md shows it: relative to the repository if inside."""
     resolved = checkpoint.resolve()
@@ -136,11 +114,9 @@ def latency_only(checkpoint: Path, device: str, repeats: int, dense: bool = True
     dense decode on the same device (unless not `dense`: 7 minutes on a 2-core AVX2 CPU; the
     full run measures it too)."""
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "device": device,
-        "device_name": (
-            torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
-        ),
+        "device_name": machine(device),
         "checkpoint": _shown(checkpoint),
         "default_refine_steps": RefineSettings().steps,
     }
@@ -171,7 +147,7 @@ def latency_only(checkpoint: Path, device: str, repeats: int, dense: bool = True
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     name = device.split(":")[0]
-    (out / f"reconstruct_latency_{name}.json").write_text(json.dumps(results, indent=2))
+    save_json(out / f"reconstruct_latency_{name}.json", results)
     print(json.dumps(results, indent=2))
     update_latency_section(results)
     return 0
@@ -238,7 +214,7 @@ def main() -> int:
     if args.latency_only:
         return latency_only(checkpoint, args.device, args.repeats, not args.no_dense)
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "checkpoint": _shown(checkpoint),
         "seeds": args.seeds,

@@ -20,7 +20,6 @@ Writes bench/results/refinement.json, bench/results/refinement.png and a BENCHMA
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -30,9 +29,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from benchmarks_md import write_section
+from benchmarks_md import machine, save_json, utc_now, write_section
 from cases import phantom_volume
-from reconstruct import REAL_HEART, REPO, cpu_description
+from reconstruct import REAL_HEART, REPO
 from tqdm import tqdm
 
 from heartvec.labels import LARGE_CLASSES, load_label_table
@@ -187,8 +186,8 @@ def main() -> int:
     loaded = load_model(checkpoint, args.device)
     settings = [("latents", 0.0, 0, 0.0, 0, 1.0), *args.settings]
     results: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": cpu_description() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "date": utc_now(),
+        "machine": machine(args.device),
         "checkpoint": str(
             checkpoint.resolve().relative_to(REPO)
             if checkpoint.resolve().is_relative_to(REPO)
@@ -220,7 +219,7 @@ def main() -> int:
     out = REPO / "bench" / "results"
     if args.append:
         results = merged(json.loads((out / "refinement.json").read_text()), results)
-    (out / "refinement.json").write_text(json.dumps(results, indent=2))
+    save_json(out / "refinement.json", results)
     plot(results, out / "refinement.png")
     update_benchmarks(results)
     return 0

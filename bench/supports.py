@@ -11,7 +11,6 @@ Usage: .venv/bin/python bench/supports.py [--resolution 256] [--seeds 5000 5001]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import tempfile
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
-from benchmarks_md import write_section
-from reconstruct import REPO, cpu_description
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from reconstruct import REPO
 from scipy.ndimage import distance_transform_edt
 from tqdm import tqdm
 
@@ -114,14 +113,13 @@ def main() -> int:
                     "total_s": report["timings"]["total_s"],
                 })  # fmt: skip
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "resolution": args.resolution,
         "checkpoint": str(default_checkpoint().name),
         "rows": rows,
     }
-    saved.parent.mkdir(exist_ok=True)
-    saved.write_text(json.dumps(summary, indent=2))
+    save_json(saved, summary)
     write_report(summary)
     for r in rows:
         print(json.dumps(r))

@@ -18,7 +18,6 @@ Usage: .venv/bin/python bench/train.py [--quick] [--data]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import subprocess
@@ -31,7 +30,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from heartvec.model.config import MODEL_PRESETS
@@ -198,7 +197,7 @@ def main() -> int:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(results[-1], flush=True)
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}",
         "runs": results,
@@ -206,7 +205,7 @@ def main() -> int:
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     name = "train_gpu" if torch.cuda.is_available() else "train_cpu"
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    save_json(out / f"{name}.json", summary)
     plot(results, out / f"{name}.png")
     update_benchmarks(summary, name)
     return 0
@@ -259,8 +258,6 @@ def measure_data(items: int = 64) -> int:
     kept in memory against files read each time; updates BENCHMARKS.md."""
     import tempfile
 
-    from reconstruct import cpu_description
-
     from heartvec.cli import main as heartvec
     from heartvec_trainer.data import PreparedShapes
 
@@ -293,11 +290,10 @@ def measure_data(items: int = 64) -> int:
                     row[f"{name}_ms"] = (time.perf_counter() - started) / items * 1000
                 rows.append(row)
                 print(row, flush=True)
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    date = utc_now()
     cpu = cpu_description()
     out = REPO / "bench" / "results"
-    (out / "train_data.json").write_text(json.dumps({"date": date, "cpu": cpu, "rows": rows},
-                                                    indent=2))  # fmt: skip
+    save_json(out / "train_data.json", {"date": date, "cpu": cpu, "rows": rows})
     lines = [
         f"Measured {date} on {cpu} by `bench/train.py --data` (one process, {items} items each"
         ", after each file's first read).",

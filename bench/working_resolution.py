@@ -12,7 +12,6 @@ Usage: .venv/bin/python bench/working_resolution.py [--spacings none 1 1.5] [--s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import tempfile
@@ -21,9 +20,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import cpu_description, save_json, utc_now, write_section
 from real_ct import DATA, scans
-from reconstruct import REPO, cpu_description
+from reconstruct import REPO
 from tqdm import tqdm
 
 from heartvec.labels import load_label_table
@@ -92,13 +91,13 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps(runs[-1]), flush=True)
     summary = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "machine": cpu_description(),
         "checkpoint_sha256": loaded.sha256,
         "spacings": args.spacings,
         "runs": runs,
     }
-    SAVED.write_text(json.dumps(summary, indent=2))
+    save_json(SAVED, summary)
     write_report(summary)
     return 0
 
