@@ -328,6 +328,42 @@ def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
         assert abs(row["dice"] - half["classes"][name]["dice"]) < 0.02, name
 
 
+def test_export_sets_the_frame_scale(
+    trained: tuple[Path, Path], tmp_path: Path, run_cli: CLI
+) -> None:
+    """`export-checkpoint --scale-mm`: reconstruction encodes in the frame it sets, the weights
+    stay, the training data's scale is kept over re-exports; bad scales are refused."""
+    from heartvec.model.checkpoint import save_checkpoint
+
+    phantom, checkpoint = trained
+    source, tighter, again = (tmp_path / f"{n}.pt" for n in ("source", "tighter", "again"))
+    assert run_cli("export-checkpoint", checkpoint, source, "--float32")[0] == 0
+    assert run_cli("export-checkpoint", source, tighter, "--scale-mm", "90")[0] == 0
+    assert run_cli("export-checkpoint", tighter, again, "--scale-mm", "80")[0] == 0
+    before, after = load_checkpoint(source), load_checkpoint(tighter)
+    assert before["normalization"] == {"scale_mm": 100.0}
+    assert after["normalization"] == {"scale_mm": 90.0, "trained_scale_mm": 100.0}
+    assert load_checkpoint(again)["normalization"] == {"scale_mm": 80.0, "trained_scale_mm": 100.0}
+    torch.testing.assert_close(after["model"]["head.1.bias"], before["model"]["head.1.bias"].half())
+    settings = ReconstructSettings(resolution=48, refine=RefineSettings(steps=0))
+    table = load_label_table("default")
+    plain = reconstruct(phantom, tmp_path / "plain", table, source, settings)
+    framed = reconstruct(phantom, tmp_path / "framed", table, tighter, settings)
+    assert plain["normalization"]["scale_mm"] == 100.0
+    assert framed["normalization"]["scale_mm"] == 90.0
+    assert framed["normalization"]["center_mm"] == plain["normalization"]["center_mm"]
+    assert framed["summary"]["mean_dice"] != plain["summary"]["mean_dice"]  # another encoding
+    for value in ("0", "-5", "nan", "inf"):
+        status, _, err = run_cli("export-checkpoint", source, tmp_path / "bad.pt",
+                                 f"--scale-mm={value}")  # fmt: skip
+        assert status == 2 and "--scale-mm" in err and "positive" in err, (value, err)
+    fitted = tmp_path / "fitted.pt"
+    save_checkpoint(fitted, {**before, "normalization": {"scale_mm": None}})
+    status, _, err = run_cli("export-checkpoint", fitted, tmp_path / "bad.pt", "--scale-mm", "90")
+    assert status == 2 and "no fixed scale" in err
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_bf16_decoding_matches_fp32(trained: tuple[Path, Path], tmp_path: Path) -> None:
     """Decoding under bf16 autocast (the default on GPUs and CPUs with native bf16) gives the
     fp32 result within 0.02 Dice per class; the report says which precision ran. (It held at

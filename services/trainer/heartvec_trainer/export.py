@@ -16,6 +16,13 @@ the checkpoint draws lie where it used to predict D (D > 0 grows every class);
 win). The bundled checkpoint's training leaves most shapes slightly too small:
 bench/level_offset.py measures Dice without refinement against the offset and chooses one per
 class on training phantoms. Recorded per class (summed over exports) as `level_offset`.
+
+`--scale-mm MM` sets the frame reconstruction encodes hearts in: MM of the input is mapped to the
+normalized cube's width (the training data's was `heartvec prepare --scale-mm`, 100 by default),
+so a smaller MM draws a heart larger in the frame. Recorded as `normalization.scale_mm`, the
+training data's kept as `normalization.trained_scale_mm`. Every frame search on the real subjects
+and phantoms chose a smaller scale than the bundled checkpoint's training data
+(BENCHMARKS.md "Frame search in reconstruct"); bench/encoder.py measures a choice.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 
 from heartvec.errors import InputError
 from heartvec.model.checkpoint import level_offsets_of, load_checkpoint, save_checkpoint
+from heartvec.normalization import DEFAULT_SCALE_MM
 
 KEPT = (
     "preset",
@@ -66,7 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="move the zero level: predictions drop by D (> 0 grows the shape), for every class "
         "or the one named; repeatable (bench/level_offset.py measures which)",
     )
+    parser.add_argument(
+        "--scale-mm",
+        type=float,
+        metavar="MM",
+        help="the frame reconstruction encodes hearts in, in mm (default: the training data's; "
+        "smaller draws a heart larger)",
+    )
     return parser
+
+
+def frame_scale(normalization: dict[str, float | None], scale_mm: float) -> dict[str, float | None]:
+    """The checkpoint's normalization with `--scale-mm`: a fixed scale of `scale_mm`, the training
+    data's kept (the first one, over several exports)."""
+    if not (np.isfinite(scale_mm) and scale_mm > 0):
+        raise InputError("--scale-mm", f"{scale_mm}: must be a positive number of mm")
+    trained = normalization.get("trained_scale_mm", normalization.get("scale_mm"))
+    if trained is None:
+        raise InputError(
+            "--scale-mm", "the checkpoint was trained with each shape fitted to the cube "
+            "(prepare --normalize fit): it has no fixed scale to change"
+        )  # fmt: skip
+    return {"scale_mm": float(scale_mm), "trained_scale_mm": float(trained)}
 
 
 def level_offsets(values: list[str], class_names: Sequence[str]) -> dict[str, float]:
@@ -116,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights[HEAD_BIAS] = (weights[HEAD_BIAS].double() - shift).to(dtype)
         earlier = level_offsets_of(state)
         kept["level_offset"] = {name: earlier[name] + offsets[name] for name in offsets}
+    if args.scale_mm is not None:
+        recorded = state.get("normalization", {"scale_mm": DEFAULT_SCALE_MM})
+        kept["normalization"] = frame_scale(recorded, args.scale_mm)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.out, {**kept, "model": weights})
     size_mb = args.out.stat().st_size / 2**20
