@@ -60,10 +60,21 @@ TAGGED = {
         "Checkpoints side by side: stage 6, more refinement seeds",
         "The defaults of the section above at two more refinement seeds.",
     ),
+    "scale_seeds": (
+        "Checkpoints side by side: the frame's scale, more refinement seeds",
+        "The defaults of the section above at two more refinement seeds.",
+    ),
     "points": (
         "Refinement: fit points a step",
         "`points_per_step`: the fit points each refinement step draws, a third on the surface "
         "(800 steps, the fit points balanced per class).",
+    ),
+    "scale": (
+        "Checkpoints side by side: the frame's scale",
+        "The frame a checkpoint encodes hearts in (`normalization.scale_mm`: the input's mm across "
+        "the normalized cube): the bundled checkpoint as shipped (100 mm, its training data's) and "
+        "re-exported with `heartvec export-checkpoint --scale-mm 90`, beside runs trained on data "
+        'prepared at 90 and 100 mm (section "The checkpoint alone against training: scale90").',
     ),
 }
 
