@@ -29,8 +29,9 @@
 #     CONFIG=services/trainer/configs/small-real-gpu.yaml bash services/trainer/gpu_session.sh
 # SCALE_MM (default 100, the bundled checkpoint's) is the training frame's mm per normalized unit:
 # the checkpoint alone reads about +0.01 mean Dice on real hearts and unseen phantoms when the
-# heart is drawn ~10% larger (BENCHMARKS, "Frame search in reconstruct"), so SCALE_MM=90 is the
-# next recipe to try; the trained checkpoint records it and reconstructions use it.
+# heart is drawn ~10% larger (BENCHMARKS, "Frame search in reconstruct"); training at 90 on the
+# CPU (0.84 h) gave nothing over 100 (BENCHMARKS, "The frame's scale, trained and set"), a long
+# GPU run is untried. The trained checkpoint records it and reconstructions use it.
 # INIT is the checkpoint training starts from (default the bundled one). Besides the last and
 # the best checkpoints it exports the average of the last AVERAGE (4) snapshots taken every
 # SNAPSHOT_S (60) seconds, heartvec-small-average.pt, measured on HELD_OUT like the others.
