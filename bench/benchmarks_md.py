@@ -45,6 +45,11 @@ def machine(device: str = "cpu") -> str:
     return torch.cuda.get_device_name() if device.startswith("cuda") else cpu_description()
 
 
+def measured(device: str = "cpu") -> dict[str, Any]:
+    """The stamp saved results begin with: when (`utc_now`) and on what (`machine`)."""
+    return {"date": utc_now(), "machine": machine(device)}
+
+
 def save_json(path: Path, results: Any) -> None:
     """Write results as indented JSON, making their folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import add_trained_on, subject_cases
 from reconstruct import REPO
 from tqdm import tqdm
@@ -162,8 +162,7 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "dice"}), flush=True)
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "trained_on": args.trained_on,
         "default_steps": RefineSettings().steps,
         "seeds": args.seeds,

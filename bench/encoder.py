@@ -29,7 +29,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import REAL, add_trained_on, subject_cases
 from reconstruct import REPO
 from tqdm import tqdm
@@ -98,8 +98,7 @@ def main() -> int:
                     row["cases"][name]["shifted_mean_dice"] = shifted
             rows.append(row)
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "resolution": args.resolution,
         "trained_on": args.trained_on,
         "frame_shift_mm": args.frame_shift,

@@ -22,7 +22,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import REAL
 from encoder import RESULTS, frame_moved
 from tqdm import tqdm
@@ -80,8 +80,7 @@ def main() -> int:
                 })  # fmt: skip
             cases[name] = frames
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "checkpoint": args.checkpoint.name,
         "sha256": loaded.sha256,
         "step_mm": args.step,

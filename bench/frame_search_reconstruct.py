@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import subject_cases
 from encoder import RESULTS
 from tqdm import tqdm
@@ -73,8 +73,7 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "dice"}), flush=True)
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "checkpoint": args.checkpoint.name,
         "sha256": loaded.sha256,
         "resolution": args.resolution,

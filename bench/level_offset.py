@@ -26,7 +26,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from benchmarks_md import machine, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import phantom_volume
 from reconstruct import REPO
 from tqdm import tqdm
@@ -190,8 +190,7 @@ def main() -> int:
     loaded = load_model(checkpoint, args.device)
     names = list(loaded.state["class_names"])
     results: dict[str, Any] = {
-        "date": utc_now(),
-        "machine": machine(args.device),
+        **measured(args.device),
         "checkpoint_sha256": loaded.sha256,
         "level_offset": loaded.state.get("level_offset", 0.0),
         "resolution": args.resolution,

@@ -23,7 +23,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from reconstruct import REPO
 
 from heartvec.phantom import make_phantom
@@ -112,8 +112,7 @@ def main() -> int:
     if quick:
         return 0
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "device": args.device,
         "refine_steps": defaults.REFINE_STEPS,
         "runs": runs,

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import torch
-from benchmarks_md import cpu_description, machine, save_json, utc_now, write_section
+from benchmarks_md import machine, measured, save_json, utc_now, write_section
 
 from heartvec.labels import load_label_table
 from heartvec.model.checkpoint import load_checkpoint, model_from_checkpoint
@@ -214,8 +214,7 @@ def main() -> int:
     if args.latency_only:
         return latency_only(checkpoint, args.device, args.repeats, not args.no_dense)
     results: dict[str, Any] = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "checkpoint": _shown(checkpoint),
         "seeds": args.seeds,
     }

@@ -29,7 +29,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from benchmarks_md import machine, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from cases import phantom_volume
 from reconstruct import REAL_HEART, REPO
 from tqdm import tqdm
@@ -186,8 +186,7 @@ def main() -> int:
     loaded = load_model(checkpoint, args.device)
     settings = [("latents", 0.0, 0, 0.0, 0, 1.0), *args.settings]
     results: dict[str, Any] = {
-        "date": utc_now(),
-        "machine": machine(args.device),
+        **measured(args.device),
         "checkpoint": str(
             checkpoint.resolve().relative_to(REPO)
             if checkpoint.resolve().is_relative_to(REPO)

@@ -19,7 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from reconstruct import REPO
 from scipy.ndimage import distance_transform_edt
 from tqdm import tqdm
@@ -113,8 +113,7 @@ def main() -> int:
                     "total_s": report["timings"]["total_s"],
                 })  # fmt: skip
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "resolution": args.resolution,
         "checkpoint": str(default_checkpoint().name),
         "rows": rows,

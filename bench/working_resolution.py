@@ -20,7 +20,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from benchmarks_md import cpu_description, save_json, utc_now, write_section
+from benchmarks_md import measured, save_json, write_section
 from real_ct import DATA, scans
 from reconstruct import REPO
 from tqdm import tqdm
@@ -91,8 +91,7 @@ def main() -> int:
             })  # fmt: skip
             print(json.dumps(runs[-1]), flush=True)
     summary = {
-        "date": utc_now(),
-        "machine": cpu_description(),
+        **measured(),
         "checkpoint_sha256": loaded.sha256,
         "spacings": args.spacings,
         "runs": runs,
