@@ -69,6 +69,13 @@ TAGGED = {
         "`points_per_step`: the fit points each refinement step draws, a third on the surface "
         "(800 steps, the fit points balanced per class).",
     ),
+    "target_points": (
+        "Refinement: the fit's pool of points",
+        "`target_points`: the points of each kind (surface, near-surface, volume) the refinement "
+        "draws from the input, half fitted (each step's minibatch comes from that half) and half "
+        "held out (800 steps of 1536 points, the fit points balanced per class; 8192 was the "
+        "default when this ran).",
+    ),
     "scale": (
         "Checkpoints side by side: the frame's scale",
         "The frame a checkpoint encodes hearts in (`normalization.scale_mm`: the input's mm across "

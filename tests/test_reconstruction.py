@@ -278,6 +278,7 @@ def test_refinement_fits_an_unseen_heart(
     assert refinement["steps"] == 40 and refinement["target"] == target
     assert refinement["sign_weight"] == sign_weight
     assert refinement["class_balance"] == defaults.REFINE_CLASS_BALANCE
+    assert refinement["target_points"] == defaults.REFINE_TARGET_POINTS
     assert refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
     # latents: +0.030 on one machine, +0.0296 on another (0.142 -> 0.172): the tiny model
@@ -527,7 +528,7 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
         load_model,
     )
     from heartvec.reconstruction.refine import refine_latents
-    from heartvec.reconstruction.refine_targets import POINTS, RefinementTargets
+    from heartvec.reconstruction.refine_targets import RefinementTargets
     from heartvec.surfaces import class_surfaces
     from heartvec.volume import load_label_volume
 
@@ -540,7 +541,7 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
     with torch.no_grad():
         latents = loaded.model.encode(points, labels)
     low, high = normalization.bounds(surfaces)
-    targets = RefinementTargets(volume, surfaces, normalization, low, high, POINTS // 4, 7)
+    targets = RefinementTargets(volume, surfaces, normalization, low, high, 2048, 7)
 
     results = {}
     for mode in ("eager", "tensor"):

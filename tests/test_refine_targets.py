@@ -10,8 +10,9 @@ import pytest
 
 from heartvec.distance import SurfaceDistance
 from heartvec.labels import load_label_table
+from heartvec.normalization import fixed_normalization
 from heartvec.reconstruction.refine import RefineSettings
-from heartvec.reconstruction.refine_targets import fit_surface_points
+from heartvec.reconstruction.refine_targets import fit_surface_points, start_targets
 from heartvec.samples import sample_surfaces
 from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import load_label_volume
@@ -81,3 +82,35 @@ def test_a_share_outside_zero_to_one_is_refused(
         fit_surface_points(surfaces, 100, balance, np.random.default_rng(0))
     with pytest.raises(ValueError, match="class balance"):
         RefineSettings(class_balance=balance)
+
+
+@pytest.mark.parametrize("points", [600, 2400])
+def test_the_pool_holds_the_points_asked_for(
+    small_phantom: Path, surfaces: dict[int, Surface], points: int
+) -> None:
+    """`points` of each kind: 2 x points on the surfaces (every class), points near them and
+    points in the volume, each with the exact SDF of every class: beyond the band where the
+    surface decides the sign (half a voxel's diagonal), a query's own class (its voxel's label)
+    is negative there."""
+    volume = load_label_volume(small_phantom, load_label_table("default"))
+    normalization = fixed_normalization(surfaces, 100.0)
+    data = start_targets(volume, surfaces, normalization, 11, class_balance=1.0,
+                         points=points).result()  # fmt: skip
+    assert data["surface"].shape == (2 * points, 3) and data["labels"].shape == (2 * points,)
+    assert data["queries"].shape == (2 * points, 3)
+    assert data["sdf"].shape == (2 * points, volume.label_table.num_classes)
+    assert sorted(np.unique(data["labels"]).tolist()) == sorted(surfaces)
+    world = normalization.to_world(data["queries"])
+    own = volume.class_at(world)
+    inside = own > 0
+    assert inside.sum() > points // 10
+    sdf_mm = data["sdf"][inside, own[inside] - 1] * normalization.scale
+    clear = np.abs(sdf_mm) > volume.half_voxel_diagonal_mm
+    assert clear.sum() > inside.sum() // 4
+    assert (sdf_mm[clear] < 0).all()
+
+
+@pytest.mark.parametrize("points", [0, 1])
+def test_a_pool_too_small_to_halve_is_refused(points: int) -> None:
+    with pytest.raises(ValueError, match="target points"):
+        RefineSettings(target_points=points)

@@ -181,7 +181,7 @@ def reconstruct(
     if settings.refine.steps > 0:
         targets = start_targets(
             volume, surfaces, normalization, (settings.seed, 1), pool,
-            settings.refine.class_balance,
+            settings.refine.class_balance, settings.refine.target_points,
         )  # fmt: skip
     low, high = grid_box(normalization, surfaces)
     # from here on the heart and the decoding cube around it: beyond them the input has no

@@ -58,6 +58,8 @@ class RefineSettings:
         points_per_step: fit points a step draws, a third on the surface.
         class_balance: the share of the fit's surface points split evenly among the classes,
             the rest by area (`refine_targets.fit_surface_points`), in [0, 1].
+        target_points: points of each kind (surface, near-surface, volume) drawn from the
+            input, half fitted (the steps' minibatches come from them) and half held out.
         step_mode: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph'
             (`TensorSteps`; 'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'.
     """
@@ -69,6 +71,7 @@ class RefineSettings:
     sign_weight: float = defaults.REFINE_SIGN_WEIGHT
     points_per_step: int = defaults.REFINE_POINTS
     class_balance: float = defaults.REFINE_CLASS_BALANCE
+    target_points: int = defaults.REFINE_TARGET_POINTS
     step_mode: str = "auto"
 
     def __post_init__(self) -> None:
@@ -81,6 +84,11 @@ class RefineSettings:
         if not 0.0 <= self.class_balance <= 1.0:
             raise ValueError(
                 f"refinement class balance {self.class_balance}: expected a share in [0, 1]"
+            )
+        if self.target_points < 2:
+            raise ValueError(
+                f"refinement target points {self.target_points}: expected at least 2 (half fit, "
+                "half held out)"
             )
 
 
@@ -123,7 +131,7 @@ def refine_latents(
     if targets is None:
         targets = start_targets(
             volume, surfaces, normalization, int(rng.integers(2**63)),
-            class_balance=settings.class_balance,
+            class_balance=settings.class_balance, points=settings.target_points,
         )  # fmt: skip
     numpy_data = targets.result()
     device = latents.device
@@ -207,6 +215,7 @@ def refine_latents(
             "sign_weight": sign_weight,
             "points_per_step": settings.points_per_step,
             "class_balance": settings.class_balance,
+            "target_points": settings.target_points,
             "final_lr": settings.final_lr,
             "step_mode": step_mode,
             "loss_first": first_loss.item() if first_loss is not None else None,

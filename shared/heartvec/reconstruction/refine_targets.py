@@ -11,13 +11,13 @@ import numpy as np
 
 from heartvec.distance import SurfaceDistance, signed_distance, spatial_order
 from heartvec.normalization import Normalization
+from heartvec.reconstruction import defaults
 from heartvec.reconstruction.hostwork import Deferred
 from heartvec.resources import available_cpus
 from heartvec.samples import ABSENT_SDF, near_surface_points, sample_surfaces
 from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
-POINTS = 8192  # of each kind: surface, near, volume; half fit, half held out to measure
 TARGET_MARGIN = 0.05  # normalized units of room around the surfaces for the volume points
 
 
@@ -122,13 +122,15 @@ def start_targets(
     seed: int | Sequence[int],
     pool: ProcessPoolExecutor | None = None,
     class_balance: float = 0.0,
+    points: int = defaults.REFINE_TARGET_POINTS,
 ) -> RefinementTargets:
-    """The refinement's targets (POINTS of each kind) around the input's surfaces, each class
-    given an even share `class_balance` of the surface points, their distances started at once:
-    on `pool` (the pipeline's host pool), else on threads."""
+    """The refinement's targets (`points` of each kind: surface, near, volume; half fit, half
+    held out) around the input's surfaces, each class given an even share `class_balance` of
+    the surface points, their distances started at once: on `pool` (the pipeline's host pool),
+    else on threads."""
     low, high = normalization.bounds(surfaces)
     room = TARGET_MARGIN
     return RefinementTargets(
-        volume, surfaces, normalization, low - room, high + room, POINTS, seed, pool,
+        volume, surfaces, normalization, low - room, high + room, points, seed, pool,
         class_balance,
     )  # fmt: skip
