@@ -76,6 +76,12 @@ TAGGED = {
         "held out (800 steps of 1536 points, the fit points balanced per class; 8192 was the "
         "default when this ran).",
     ),
+    "faster": (
+        "Refinement: the faster settings",
+        "The defaults (800 steps of 1536 points, a fit pool of 32,768 points of each kind) "
+        "against the two ways to spend less on a CPU: fewer points a step (`points_per_step`, "
+        "`--refine-points`) or fewer steps (`steps`, `--refine-steps`).",
+    ),
     "scale": (
         "Checkpoints side by side: the frame's scale",
         "The frame a checkpoint encodes hearts in (`normalization.scale_mm`: the input's mm across "
