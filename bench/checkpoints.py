@@ -82,6 +82,11 @@ TAGGED = {
         "against the two ways to spend less on a CPU: fewer points a step (`points_per_step`, "
         "`--refine-points`) or fewer steps (`steps`, `--refine-steps`).",
     ),
+    "more_phantoms": (
+        "Refinement: the fit pool on more unseen phantoms",
+        "The fit pool (`target_points`, section \"Refinement: the fit's pool of points\") on two "
+        "more phantoms no training set or earlier refinement bench used, for the thin classes.",
+    ),
     "scale": (
         "Checkpoints side by side: the frame's scale",
         "The frame a checkpoint encodes hearts in (`normalization.scale_mm`: the input's mm across "
