@@ -84,7 +84,7 @@ TAGGED = {
     ),
     "more_phantoms": (
         "Refinement: the fit pool on more unseen phantoms",
-        "The fit pool (`target_points`, section \"Refinement: the fit's pool of points\") on two "
+        'The fit pool (`target_points`, section "Refinement: the fit\'s pool of points") on two '
         "more phantoms no training set or earlier refinement bench used, for the thin classes.",
     ),
     "scale": (
