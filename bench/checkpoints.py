@@ -71,14 +71,14 @@ TAGGED = {
     ),
     "target_points": (
         "Refinement: the fit's pool of points",
-        "`target_points`: the points of each kind (surface, near-surface, volume) the refinement "
-        "draws from the input, half fitted (each step's minibatch comes from that half) and half "
-        "held out (800 steps of 1536 points, the fit points balanced per class; 8192 was the "
-        "default when this ran).",
+        "`target_points`: the near-surface and the volume points (and twice as many surface "
+        "points) the refinement draws from the input, half fitted (each step's minibatch comes "
+        "from that half) and half held out (800 steps of 1536 points, the fit points balanced "
+        "per class; 8192 was the default when this ran).",
     ),
     "faster": (
         "Refinement: the faster settings",
-        "The defaults (800 steps of 1536 points, a fit pool of 32,768 points of each kind) "
+        "The defaults (800 steps of 1536 points, `target_points` 32,768) "
         "against the two ways to spend less on a CPU: fewer points a step (`points_per_step`, "
         "`--refine-points`) or fewer steps (`steps`, `--refine-steps`).",
     ),

@@ -34,9 +34,10 @@ REFINE_POINTS = 1536
 # area a vena cava (2-4% of a heart's surface) is barely fitted; 1 lifted the caval and pulmonary
 # veins and the mean (bench/checkpoints.py --tag class_balance, BENCHMARKS.md)
 REFINE_CLASS_BALANCE = 1.0
-# points of each kind (surface, near-surface, volume) drawn from the input for the fit, half of
-# them fitted and half held out to measure it: the steps draw their minibatches from the fitted
-# half, so this is how many distinct places of a thin vessel the fit sees. 8192 -> 32768 lifted
+# near-surface and as many volume points with their exact SDF (and twice as many surface points)
+# drawn from the input for the fit, half of them fitted and half held out to measure it: the
+# steps draw their minibatches from the fitted half, so this is how many distinct places of a
+# thin vessel the fit sees. 8192 -> 32768 lifted
 # every case over three seeds (held-out real B 0.957 -> 0.961, the pulmonary veins of unseen
 # phantom 5001 0.84-0.90 -> 0.88-0.91) for +5% of a CPU reconstruction's time; 65536 gained
 # 0.001-0.002 more for +13% (bench/checkpoints.py --tag target_points)

@@ -58,8 +58,9 @@ class RefineSettings:
         points_per_step: fit points a step draws, a third on the surface.
         class_balance: the share of the fit's surface points split evenly among the classes,
             the rest by area (`refine_targets.fit_surface_points`), in [0, 1].
-        target_points: points of each kind (surface, near-surface, volume) drawn from the
-            input, half fitted (the steps' minibatches come from them) and half held out.
+        target_points: near-surface and as many volume points drawn from the input with their
+            SDF, and twice as many surface points; half fitted (the steps' minibatches come
+            from them) and half held out.
         step_mode: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph'
             (`TensorSteps`; 'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'.
     """

@@ -124,10 +124,10 @@ def start_targets(
     class_balance: float = 0.0,
     points: int = defaults.REFINE_TARGET_POINTS,
 ) -> RefinementTargets:
-    """The refinement's targets (`points` of each kind: surface, near, volume; half fit, half
-    held out) around the input's surfaces, each class given an even share `class_balance` of
-    the surface points, their distances started at once: on `pool` (the pipeline's host pool),
-    else on threads."""
+    """The refinement's targets (`points` near-surface and `points` volume points, 2 x `points`
+    surface points; half fit, half held out) around the input's surfaces, each class given an
+    even share `class_balance` of the surface points, their distances started at once: on
+    `pool` (the pipeline's host pool), else on threads."""
     low, high = normalization.bounds(surfaces)
     room = TARGET_MARGIN
     return RefinementTargets(
