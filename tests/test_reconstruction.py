@@ -279,10 +279,12 @@ def test_refinement_fits_an_unseen_heart(
     assert refinement["sign_weight"] == sign_weight
     assert refinement["class_balance"] == defaults.REFINE_CLASS_BALANCE
     assert refinement["target_points"] == defaults.REFINE_TARGET_POINTS
+    assert refinement["near_share"] == defaults.REFINE_NEAR_SHARE
     assert refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
-    # latents: +0.030 on one machine, +0.0296 on another (0.142 -> 0.172): the tiny model
-    # trained by the fixture differs in the last bits from CPU to CPU
+    # at the held-out near-surface and volume points, on a 2-core EPYC: 0.124 -> 0.181
+    # (context, sign term), 0.190 (context, L1), 0.236 (latents); the tiny model trained by
+    # the fixture differs in the last bits from CPU to CPU
     assert refinement["mean_held_out_iou_after"] > refinement["mean_held_out_iou_before"] + 0.02
     assert report["summary"]["mean_dice"] > plain["summary"]["mean_dice"]
     assert plain["refinement"] is None
@@ -527,7 +529,8 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
         encoder_inputs,
         load_model,
     )
-    from heartvec.reconstruction.refine import refine_latents
+    from heartvec.reconstruction.refine import refine_latents, tensors
+    from heartvec.reconstruction.refine_steps import fit_loss
     from heartvec.reconstruction.refine_targets import RefinementTargets
     from heartvec.surfaces import class_surfaces
     from heartvec.volume import load_label_volume
@@ -571,7 +574,12 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
         )
     assert tensor["loss_first"] == pytest.approx(eager["loss_first"], rel=1e-5)
     assert tensor["loss_last"] == pytest.approx(eager["loss_last"], rel=1e-4)
-    assert eager["loss_last"] < eager["loss_first"]
+    # the steps fit: the loss on all the fit points (a step's loss is on its own draw) falls
+    fit = tensors(targets.result().fit, torch.device("cpu"))
+    with torch.no_grad():
+        before, _ = fit_loss(loaded.model, start["context"], fit, 0.1, 30.0)
+        after, _ = fit_loss(loaded.model, eager_context, fit, 0.1, 30.0)
+    assert after < before, (before, after)
     refined = eager_context if target == "context" else eager_latents
     unrefined = loaded.model.process(latents) if target == "context" else latents
     assert (refined - unrefined).abs().max() > 1e-3

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from heartvec.distance import SurfaceDistance
 from heartvec.labels import load_label_table
 from heartvec.normalization import fixed_normalization
 from heartvec.reconstruction.refine import RefineSettings
+from heartvec.reconstruction.refine_steps import minibatch_indices
 from heartvec.reconstruction.refine_targets import fit_surface_points, start_targets
 from heartvec.samples import sample_surfaces
 from heartvec.surfaces import Surface, class_surfaces
@@ -88,26 +90,71 @@ def test_a_share_outside_zero_to_one_is_refused(
 def test_the_pool_holds_the_points_asked_for(
     small_phantom: Path, surfaces: dict[int, Surface], points: int
 ) -> None:
-    """`points` of each kind: 2 x points on the surfaces (every class), points near them and
-    points in the volume, each with the exact SDF of every class: beyond the band where the
-    surface decides the sign (half a voxel's diagonal), a query's own class (its voxel's label)
-    is negative there."""
+    """2 x points on the surfaces (every class), points near them and points in the volume,
+    each with the exact SDF of every class, a quarter of each kind held out: beyond the band
+    where the surface decides the sign (half a voxel's diagonal), a query's own class (its
+    voxel's label) is negative there."""
     volume = load_label_volume(small_phantom, load_label_table("default"))
     normalization = fixed_normalization(surfaces, 100.0)
     data = start_targets(volume, surfaces, normalization, 11, class_balance=1.0,
                          points=points).result()  # fmt: skip
-    assert data["surface"].shape == (2 * points, 3) and data["labels"].shape == (2 * points,)
-    assert data["queries"].shape == (2 * points, 3)
-    assert data["sdf"].shape == (2 * points, volume.label_table.num_classes)
-    assert sorted(np.unique(data["labels"]).tolist()) == sorted(surfaces)
-    world = normalization.to_world(data["queries"])
+    held = points // 4
+    assert (data.fit_near, data.held_out_near) == (points - held, held)
+    for part, share in ((data.fit, points - held), (data.held_out, held)):
+        assert part["surface"].shape == (2 * share, 3) and part["labels"].shape == (2 * share,)
+        assert part["queries"].shape == (2 * share, 3)
+        assert part["sdf"].shape == (2 * share, volume.label_table.num_classes)
+        assert sorted(np.unique(part["labels"]).tolist()) == sorted(surfaces)
+    queries = np.concatenate([data.fit["queries"], data.held_out["queries"]])
+    sdf = np.concatenate([data.fit["sdf"], data.held_out["sdf"]])
+    assert len(np.unique(queries, axis=0)) == len(queries)  # no point in both parts
+    world = normalization.to_world(queries)
     own = volume.class_at(world)
     inside = own > 0
     assert inside.sum() > points // 10
-    sdf_mm = data["sdf"][inside, own[inside] - 1] * normalization.scale
+    sdf_mm = sdf[inside, own[inside] - 1] * normalization.scale
     clear = np.abs(sdf_mm) > volume.half_voxel_diagonal_mm
     assert clear.sum() > inside.sum() // 4
     assert (sdf_mm[clear] < 0).all()
+
+
+def test_both_parts_hold_near_and_volume_points(
+    small_phantom: Path, surfaces: dict[int, Surface]
+) -> None:
+    """The near-surface queries lie around the surfaces (half at a spread of 0.005, half at
+    0.05, normalized), the volume queries mostly farther; each part holds both kinds (and both
+    spreads), near ones first, so the held-out IoU measures the fit near the surfaces and away
+    from them, and a step can draw from either."""
+    volume = load_label_volume(small_phantom, load_label_table("default"))
+    normalization = fixed_normalization(surfaces, 100.0)
+    data = start_targets(volume, surfaces, normalization, 3, points=2000).result()
+    for part, near in ((data.fit, data.fit_near), (data.held_out, data.held_out_near)):
+        nearest = np.abs(part["sdf"]).min(axis=1)  # normalized distance to the nearest surface
+        assert near > 0 and len(nearest) - near > 0
+        close = (nearest[:near] < 0.01).mean()  # nearly all at 0.005, few at 0.05
+        assert 0.4 < close < 0.8
+        assert np.median(nearest[near:]) > 2 * np.median(nearest[:near])
+        assert (nearest[near:] < 0.01).mean() < close / 2
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 0.75, 1.0])
+def test_a_steps_queries_take_the_near_share(share: float) -> None:
+    fit = {"surface": torch.zeros(1, 300, 3), "queries": torch.zeros(1, 1000, 3)}
+    indices = minibatch_indices(fit, torch.Generator().manual_seed(0), 96, 50, 600, share)
+    assert indices["surface"].shape == (50, 32) and indices["queries"].shape == (50, 64)
+    near = (indices["queries"] < 600).sum(dim=1)
+    assert (near == round(64 * share)).all()
+    assert (indices["queries"] < 1000).all()
+    for row in indices["queries"]:  # no point twice in a step
+        assert len(torch.unique(row)) == 64
+    everything = minibatch_indices(fit, torch.Generator().manual_seed(0), 96, 50, 1000, 0.5)
+    assert (everything["queries"] < 1000).all() and everything["queries"].shape == (50, 64)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_a_near_share_outside_0_1_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="near share"):
+        RefineSettings(near_share=share)
 
 
 @pytest.mark.parametrize("points", [0, 1])

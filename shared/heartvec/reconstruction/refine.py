@@ -59,8 +59,10 @@ class RefineSettings:
         class_balance: the share of the fit's surface points split evenly among the classes,
             the rest by area (`refine_targets.fit_surface_points`), in [0, 1].
         target_points: near-surface and as many volume points drawn from the input with their
-            SDF, and twice as many surface points; half fitted (the steps' minibatches come
-            from them) and half held out.
+            SDF, and twice as many surface points; a quarter of each held out, the rest fitted
+            (the steps' minibatches come from them).
+        near_share: the share of a step's SDF queries drawn from the near-surface points, the
+            rest from the volume points, in [0, 1].
         step_mode: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph'
             (`TensorSteps`; 'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'.
     """
@@ -73,6 +75,7 @@ class RefineSettings:
     points_per_step: int = defaults.REFINE_POINTS
     class_balance: float = defaults.REFINE_CLASS_BALANCE
     target_points: int = defaults.REFINE_TARGET_POINTS
+    near_share: float = defaults.REFINE_NEAR_SHARE
     step_mode: str = "auto"
 
     def __post_init__(self) -> None:
@@ -86,11 +89,22 @@ class RefineSettings:
             raise ValueError(
                 f"refinement class balance {self.class_balance}: expected a share in [0, 1]"
             )
+        if not 0.0 <= self.near_share <= 1.0:
+            raise ValueError(f"refinement near share {self.near_share}: expected a share in [0, 1]")
         if self.target_points < 2:
             raise ValueError(
-                f"refinement target points {self.target_points}: expected at least 2 (half fit, "
-                "half held out)"
+                f"refinement target points {self.target_points}: expected at least 2 (some fit, "
+                "some held out)"
             )
+
+
+def tensors(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """A part of the fit data as a batch of one on `device` (the classes as integers)."""
+    result = {}
+    for key, array in arrays.items():
+        tensor = torch.from_numpy(array)
+        result[key] = (tensor.long() if key == "labels" else tensor.float())[None].to(device)
+    return result
 
 
 def cosine_factor(step: int, steps: int, final: float) -> float:
@@ -134,15 +148,10 @@ def refine_latents(
             volume, surfaces, normalization, int(rng.integers(2**63)),
             class_balance=settings.class_balance, points=settings.target_points,
         )  # fmt: skip
-    numpy_data = targets.result()
+    parts = targets.result()
     device = latents.device
-    fit, held_out = {}, {}
-    for key, array in numpy_data.items():
-        tensor = torch.from_numpy(np.asarray(array))
-        tensor = tensor.long() if key == "labels" else tensor.float()
-        half = len(tensor) // 2
-        fit[key], held_out[key] = tensor[:half][None].to(device), tensor[half:][None].to(device)
-    present = torch.zeros(numpy_data["sdf"].shape[1], dtype=torch.bool)
+    fit, held_out = (tensors(part, device) for part in (parts.fit, parts.held_out))
+    present = torch.zeros(parts.fit["sdf"].shape[1], dtype=torch.bool)
     present[torch.tensor(list(surfaces)) - 1] = True
 
     def held_out_iou(context: torch.Tensor) -> dict[str, float]:
@@ -166,7 +175,9 @@ def refine_latents(
     optimizer = Adam(free, lr=learning_rate)
     first_loss = last_loss = None  # tensors, read after the loop
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    indices = minibatch_indices(fit, generator, settings.points_per_step, steps)
+    indices = minibatch_indices(
+        fit, generator, settings.points_per_step, steps, parts.fit_near, settings.near_share
+    )
     with torch.no_grad():  # the fit points' embedding and attention queries, once
         prepared = model.prepare_queries(torch.cat([fit["surface"], fit["queries"]], dim=1))
     step_sizes = [
@@ -217,6 +228,7 @@ def refine_latents(
             "points_per_step": settings.points_per_step,
             "class_balance": settings.class_balance,
             "target_points": settings.target_points,
+            "near_share": settings.near_share,
             "final_lr": settings.final_lr,
             "step_mode": step_mode,
             "loss_first": first_loss.item() if first_loss is not None else None,

@@ -47,11 +47,19 @@ def fit_loss(
 
 
 def minibatch_indices(
-    fit: dict[str, torch.Tensor], generator: torch.Generator, points: int, steps: int
+    fit: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    points: int,
+    steps: int,
+    near: int | None = None,
+    near_share: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Each step's random subset of `points` fit points, a third on the surface and the rest
     SDF queries: a step costs a fraction of the full set's forward and backward, and the
-    changing draw covers all of it over the steps.
+    changing draw covers all of it over the steps. The fit's first `near` queries (None: all)
+    lie near the surfaces and the rest in the volume: a share `near_share` of a step's queries
+    comes from the first, the rest from the second (all from one kind where the other has
+    none).
 
     Drawn for all steps at once, on the CPU (the same draws on every device), and moved to the
     fit's device in one copy: a copy per step would wait for the device each step, and on a GPU,
@@ -61,12 +69,23 @@ def minibatch_indices(
     Returns:
         {"surface": (steps, points // 3), "queries": (steps, the rest)} indices.
     """
-    sizes = {"surface": points // 3, "queries": points - points // 3}
+    if not 0.0 <= near_share <= 1.0:
+        raise ValueError(f"near share {near_share}: expected a share in [0, 1]")
+    total = fit["queries"].shape[1]
+    near = total if near is None else near
+    queries = points - points // 3
+    from_near = round(queries * near_share)
+    if near == total:
+        from_near = queries
+    elif near == 0:
+        from_near = 0
     drawn: dict[str, list[torch.Tensor]] = {"surface": [], "queries": []}
     for _ in range(steps):
-        for kind in ("surface", "queries"):
-            total = fit[kind].shape[1]
-            drawn[kind].append(torch.randperm(total, generator=generator)[: sizes[kind]])
+        surface = torch.randperm(fit["surface"].shape[1], generator=generator)[: points // 3]
+        close = torch.randperm(near, generator=generator)[:from_near]
+        far = near + torch.randperm(total - near, generator=generator)[: queries - from_near]
+        drawn["surface"].append(surface)
+        drawn["queries"].append(torch.cat([close, far]))
     device = fit["surface"].device
     return {
         kind: torch.stack(rows).to(device) if rows else torch.zeros(0, dtype=torch.long)

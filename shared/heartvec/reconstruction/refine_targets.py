@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +20,21 @@ from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
 TARGET_MARGIN = 0.05  # normalized units of room around the surfaces for the volume points
+HELD_OUT_SHARE = 0.25  # of each kind of point (surface, near, volume), to measure the fit
+
+
+@dataclass(frozen=True)
+class FitData:
+    """The refinement's points in two parts: `fit` (the steps' minibatches come from it) and
+    `held_out` (the fit measured on points it never saw). Each is {"surface": (S, 3), "labels":
+    (S,), "queries": (Q, 3), "sdf": (Q, C)}, its queries near-surface points first and volume
+    points after: `fit_near` of the fit's queries are near-surface points, `held_out_near` of the
+    held-out's."""
+
+    fit: dict[str, np.ndarray]
+    held_out: dict[str, np.ndarray]
+    fit_near: int
+    held_out_near: int
 
 
 def fit_surface_points(
@@ -64,7 +80,8 @@ class RefinementTargets:
     """2 x `points` surface points with classes, and `points` near-surface + `points` volume
     points in [low, high] with the exact per-class SDF, normalized; drawn from a generator
     seeded with `seed`. The surface points (and so the near-surface points around them) give
-    each class an even share `class_balance` (`fit_surface_points`).
+    each class an even share `class_balance` (`fit_surface_points`). `result` holds out
+    `HELD_OUT_SHARE` of each kind.
 
     The points are drawn here; each class's exact distances are a job of `pool` (a class per
     worker), else of threads of its own (fcpw's queries release the GIL), started at once and
@@ -86,8 +103,11 @@ class RefinementTargets:
         world, self.labels = fit_surface_points(surfaces, 2 * points, class_balance, rng)
         self.surface = normalization.to_normalized(world)
         near = near_surface_points(self.surface, points, (0.005, 0.05), rng)
+        near = near[rng.permutation(points)]  # drawn half at each spread: mixed, so any part
+        # holds both
         box = rng.uniform(low, high, size=(points, 3))
         self.queries = np.concatenate([near, box])
+        self.near = points
         self.order = spatial_order(self.queries)
         world_queries = normalization.to_world(self.queries[self.order])
         nearest_class = volume.class_at(world_queries)
@@ -107,12 +127,33 @@ class RefinementTargets:
         if threads is not None:
             threads.shutdown(wait=False)  # its threads end when the jobs are done
 
-    def result(self) -> dict[str, np.ndarray]:
-        """{"surface": (2P, 3), "labels": (2P,), "queries": (2P, 3), "sdf": (2P, C)}."""
+    def result(self) -> FitData:
+        """The points and their distances, `HELD_OUT_SHARE` of each kind held out (at least
+        one)."""
         sdf = np.full((len(self.queries), self.num_classes), ABSENT_SDF, dtype=np.float32)
         for class_index, distance in self.distances.items():
             sdf[self.order, class_index - 1] = distance.result() / self.scale
-        return {"surface": self.surface, "labels": self.labels, "queries": self.queries, "sdf": sdf}
+        near, volume = self.near, len(self.queries) - self.near
+        held_near = max(1, round(near * HELD_OUT_SHARE))
+        held_volume = max(1, round(volume * HELD_OUT_SHARE))
+        held_surface = max(1, round(len(self.surface) * HELD_OUT_SHARE))
+        rows = np.arange(len(self.queries))
+        held_rows = np.concatenate([rows[:held_near], rows[near : near + held_volume]])
+        fit_rows = np.concatenate([rows[held_near:near], rows[near + held_volume :]])
+        part = {
+            "held_out": (slice(None, held_surface), held_rows),
+            "fit": (slice(held_surface, None), fit_rows),
+        }
+        data = {
+            name: {
+                "surface": self.surface[surface_rows],
+                "labels": self.labels[surface_rows],
+                "queries": self.queries[query_rows],
+                "sdf": sdf[query_rows],
+            }
+            for name, (surface_rows, query_rows) in part.items()
+        }
+        return FitData(data["fit"], data["held_out"], near - held_near, held_near)
 
 
 def start_targets(
@@ -125,9 +166,9 @@ def start_targets(
     points: int = defaults.REFINE_TARGET_POINTS,
 ) -> RefinementTargets:
     """The refinement's targets (`points` near-surface and `points` volume points, 2 x `points`
-    surface points; half fit, half held out) around the input's surfaces, each class given an
-    even share `class_balance` of the surface points, their distances started at once: on
-    `pool` (the pipeline's host pool), else on threads."""
+    surface points; `HELD_OUT_SHARE` of each held out, the rest fitted) around the input's
+    surfaces, each class given an even share `class_balance` of the surface points, their
+    distances started at once: on `pool` (the pipeline's host pool), else on threads."""
     low, high = normalization.bounds(surfaces)
     room = TARGET_MARGIN
     return RefinementTargets(
