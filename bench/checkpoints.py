@@ -87,6 +87,21 @@ TAGGED = {
         'The fit pool (`target_points`, section "Refinement: the fit\'s pool of points") on two '
         "more phantoms no training set or earlier refinement bench used, for the thin classes.",
     ),
+    "near_share": (
+        "Refinement: the fit's queries near the surfaces and in the volume",
+        "`near_share`: the share of each refinement step's SDF queries drawn from the "
+        "near-surface points, the rest from the volume points around the heart. Until "
+        "2026-12-07 the split of the pool put every near-surface point in the fitted half and "
+        "every volume point in the held-out half: the fit saw no volume point (share 1) and the "
+        "held-out IoU was measured on volume points alone. Now a quarter of each kind is held "
+        "out (800 steps of 1536 points, `target_points` 32,768, balanced per class).",
+    ),
+    "near_share_phantoms": (
+        "Refinement: the fit's queries on more unseen phantoms",
+        "`near_share` (section \"Refinement: the fit's queries near the surfaces and in the "
+        'volume") on the two phantoms of "Refinement: the fit pool on more unseen phantoms", '
+        "for the thin classes.",
+    ),
     "scale": (
         "Checkpoints side by side: the frame's scale",
         "The frame a checkpoint encodes hearts in (`normalization.scale_mm`: the input's mm across "
