@@ -90,17 +90,17 @@ def test_a_share_outside_zero_to_one_is_refused(
 def test_the_pool_holds_the_points_asked_for(
     small_phantom: Path, surfaces: dict[int, Surface], points: int
 ) -> None:
-    """2 x points on the surfaces (every class), points near them and points in the volume,
-    each with the exact SDF of every class, a quarter of each kind held out: beyond the band
-    where the surface decides the sign (half a voxel's diagonal), a query's own class (its
-    voxel's label) is negative there."""
+    """2 x points on the surfaces (every class), points near them and points in the volume
+    to fit, and a quarter as many more of each kind held out, each with the exact SDF of every
+    class: beyond the band where the surface decides the sign (half a voxel's diagonal), a
+    query's own class (its voxel's label) is negative there."""
     volume = load_label_volume(small_phantom, load_label_table("default"))
     normalization = fixed_normalization(surfaces, 100.0)
     data = start_targets(volume, surfaces, normalization, 11, class_balance=1.0,
                          points=points).result()  # fmt: skip
     held = points // 4
-    assert (data.fit_near, data.held_out_near) == (points - held, held)
-    for part, share in ((data.fit, points - held), (data.held_out, held)):
+    assert (data.fit_near, data.held_out_near) == (points, held)
+    for part, share in ((data.fit, points), (data.held_out, held)):
         assert part["surface"].shape == (2 * share, 3) and part["labels"].shape == (2 * share,)
         assert part["queries"].shape == (2 * share, 3)
         assert part["sdf"].shape == (2 * share, volume.label_table.num_classes)

@@ -20,7 +20,7 @@ from heartvec.surfaces import Surface
 from heartvec.volume import LabelVolume
 
 TARGET_MARGIN = 0.05  # normalized units of room around the surfaces for the volume points
-HELD_OUT_SHARE = 0.25  # of each kind of point (surface, near, volume), to measure the fit
+HELD_OUT_SHARE = 0.25  # more points of each kind (surface, near, volume) drawn to measure the fit
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ def class_signed_distance(
 
 class RefinementTargets:
     """2 x `points` surface points with classes, and `points` near-surface + `points` volume
-    points in [low, high] with the exact per-class SDF, normalized; drawn from a generator
+    points in [low, high] with the exact per-class SDF, normalized, for the fit, and
+    `HELD_OUT_SHARE` as many more of each kind held out to measure it; drawn from a generator
     seeded with `seed`. The surface points (and so the near-surface points around them) give
-    each class an even share `class_balance` (`fit_surface_points`). `result` holds out
-    `HELD_OUT_SHARE` of each kind.
+    each class an even share `class_balance` (`fit_surface_points`).
 
     The points are drawn here; each class's exact distances are a job of `pool` (a class per
     worker), else of threads of its own (fcpw's queries release the GIL), started at once and
@@ -100,14 +100,16 @@ class RefinementTargets:
         class_balance: float = 0.0,
     ) -> None:
         rng = np.random.default_rng(seed)
-        world, self.labels = fit_surface_points(surfaces, 2 * points, class_balance, rng)
+        self.held = max(1, round(points * HELD_OUT_SHARE))
+        count = points + self.held  # of each kind of query; twice as many surface points
+        world, self.labels = fit_surface_points(surfaces, 2 * count, class_balance, rng)
         self.surface = normalization.to_normalized(world)
-        near = near_surface_points(self.surface, points, (0.005, 0.05), rng)
-        near = near[rng.permutation(points)]  # drawn half at each spread: mixed, so any part
+        near = near_surface_points(self.surface, count, (0.005, 0.05), rng)
+        near = near[rng.permutation(count)]  # drawn half at each spread: mixed, so any part
         # holds both
-        box = rng.uniform(low, high, size=(points, 3))
+        box = rng.uniform(low, high, size=(count, 3))
         self.queries = np.concatenate([near, box])
-        self.near = points
+        self.near = count
         self.order = spatial_order(self.queries)
         world_queries = normalization.to_world(self.queries[self.order])
         nearest_class = volume.class_at(world_queries)
@@ -128,15 +130,12 @@ class RefinementTargets:
             threads.shutdown(wait=False)  # its threads end when the jobs are done
 
     def result(self) -> FitData:
-        """The points and their distances, `HELD_OUT_SHARE` of each kind held out (at least
-        one)."""
+        """The points and their distances, the held-out ones apart."""
         sdf = np.full((len(self.queries), self.num_classes), ABSENT_SDF, dtype=np.float32)
         for class_index, distance in self.distances.items():
             sdf[self.order, class_index - 1] = distance.result() / self.scale
-        near, volume = self.near, len(self.queries) - self.near
-        held_near = max(1, round(near * HELD_OUT_SHARE))
-        held_volume = max(1, round(volume * HELD_OUT_SHARE))
-        held_surface = max(1, round(len(self.surface) * HELD_OUT_SHARE))
+        near, held_near = self.near, self.held
+        held_volume, held_surface = self.held, 2 * self.held
         rows = np.arange(len(self.queries))
         held_rows = np.concatenate([rows[:held_near], rows[near : near + held_volume]])
         fit_rows = np.concatenate([rows[held_near:near], rows[near + held_volume :]])
@@ -166,7 +165,7 @@ def start_targets(
     points: int = defaults.REFINE_TARGET_POINTS,
 ) -> RefinementTargets:
     """The refinement's targets (`points` near-surface and `points` volume points, 2 x `points`
-    surface points; `HELD_OUT_SHARE` of each held out, the rest fitted) around the input's
+    surface points to fit, and `HELD_OUT_SHARE` as many more of each held out) around the input's
     surfaces, each class given an even share `class_balance` of the surface points, their
     distances started at once: on `pool` (the pipeline's host pool), else on threads."""
     low, high = normalization.bounds(surfaces)
