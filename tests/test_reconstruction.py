@@ -251,16 +251,22 @@ LEARNING_RATES = {"context": 3e-2, "latents": 8e-2}  # each target's best (bench
 
 
 @pytest.mark.parametrize(
-    ("target", "sign_weight"),
-    [("context", defaults.REFINE_SIGN_WEIGHT), ("context", 0.0), ("latents", 0.0)],
+    ("target", "sign_weight", "precision"),
+    [
+        ("context", defaults.REFINE_SIGN_WEIGHT, "fp32"),
+        ("context", defaults.REFINE_SIGN_WEIGHT, "bf16"),
+        ("context", 0.0, "fp32"),
+        ("latents", 0.0, "fp32"),
+    ],
 )
 def test_refinement_fits_an_unseen_heart(
-    trained: tuple[Path, Path], tmp_path: Path, target: str, sign_weight: float
+    trained: tuple[Path, Path], tmp_path: Path, target: str, sign_weight: float, precision: str
 ) -> None:
     """The checkpoint knows one phantom; refining (the decoder's context, or the latent set;
-    with the default sign term in the fit loss or without) on another one (seed 4, other
-    chamber sizes and positions) fits it better on held-out points and in Dice. `latent.npy` is
-    the refined latent set, or the encoded one when the context was refined."""
+    with the default sign term in the fit loss or without; its steps in fp32 or bf16) on
+    another one (seed 4, other chamber sizes and positions) fits it better on held-out points
+    and in Dice. `latent.npy` is the refined latent set, or the encoded one when the context
+    was refined."""
     from heartvec.cli import main
 
     _, checkpoint = trained
@@ -271,7 +277,7 @@ def test_refinement_fits_an_unseen_heart(
     no_refinement = ReconstructSettings(resolution=48, refine=RefineSettings(steps=0))
     plain = reconstruct(unseen, tmp_path / "plain", table, checkpoint, no_refinement)
     refine = RefineSettings(steps=40, target=target, learning_rate=LEARNING_RATES[target],
-                            sign_weight=sign_weight)  # fmt: skip
+                            sign_weight=sign_weight, precision=precision)  # fmt: skip
     report = reconstruct(unseen, tmp_path / "refined", table, checkpoint,
                          ReconstructSettings(resolution=48, refine=refine))  # fmt: skip
     refinement = report["refinement"]
@@ -280,6 +286,7 @@ def test_refinement_fits_an_unseen_heart(
     assert refinement["class_balance"] == defaults.REFINE_CLASS_BALANCE
     assert refinement["target_points"] == defaults.REFINE_TARGET_POINTS
     assert refinement["near_share"] == defaults.REFINE_NEAR_SHARE
+    assert refinement["precision"] == precision
     assert refinement["loss_last"] < refinement["loss_first"]
     assert set(refinement["held_out_iou_after"]) == set(refinement["held_out_iou_before"])
     # at the held-out near-surface and volume points, on a 2-core EPYC: 0.124 -> 0.181
@@ -310,6 +317,28 @@ def test_refinement_step_size_follows_a_cosine_to_its_final_fraction() -> None:
 def test_refinement_rejects_an_unknown_target() -> None:
     with pytest.raises(ValueError, match="refinement target 'weights'"):
         RefineSettings(target="weights")
+    for precision in ("fp16", "auto"):
+        with pytest.raises(ValueError, match=f"refinement precision '{precision}'"):
+            RefineSettings(precision=precision)
+
+
+@pytest.mark.parametrize(
+    ("precision", "refinement"), [("auto", "fp32"), ("fp32", "fp32"), ("bf16", "bf16")]
+)
+def test_the_precision_option_sets_the_refinements_when_asked(
+    trained: tuple[Path, Path], tmp_path: Path, run_cli: CLI, precision: str, refinement: str
+) -> None:
+    """`--precision bf16` runs the refinement's steps in bf16 too; 'auto' (bf16 decoding where
+    the hardware has it) keeps them fp32."""
+    phantom, checkpoint = trained
+    status, _, err = run_cli("reconstruct", phantom, "--out", tmp_path, "--checkpoint", checkpoint,
+                             "--resolution", "32", "--refine-steps", "3", "--refine-points", "96",
+                             "--precision", precision)  # fmt: skip
+    assert status == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["refinement"]["precision"] == refinement
+    if precision != "auto":
+        assert report["precision"] == precision  # the decoding's
 
 
 def test_exported_checkpoint_is_smaller_and_reconstructs_alike(
@@ -549,7 +578,7 @@ def test_refinement_steps_on_device_tensors_are_the_eager_steps(
     results = {}
     for mode in ("eager", "tensor"):
         refine = RefineSettings(steps=12, learning_rate=LEARNING_RATES[target], target=target,
-                                final_lr=0.2, step_mode=mode)  # fmt: skip
+                                final_lr=0.2, step_mode=mode, precision="fp32")  # fmt: skip
         results[mode] = refine_latents(
             loaded.model, latents, volume, surfaces, normalization, 0.1,
             np.random.default_rng(1), refine, targets,

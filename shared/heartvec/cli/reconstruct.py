@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto (default): bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), "
-        "else fp32",
+        help="auto (default): decoding in bf16 on GPUs and on CPUs with native bf16 "
+        "(AVX512-BF16, AMX), else fp32; refinement in fp32 unless bf16 is asked for",
     )
     _option(parser, "refine_steps", "latent refinement steps fitting the input itself",
             "0: the encoder's latents as they are")  # fmt: skip
@@ -79,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = ReconstructSettings(  # checks the options' ranges (InputError: exit 2)
         resolution=args.resolution,
-        refine=RefineSettings(steps=args.refine_steps, points_per_step=args.refine_points),
+        refine=RefineSettings(
+            steps=args.refine_steps,
+            points_per_step=args.refine_points,
+            precision="bf16" if args.precision == "bf16" else "fp32",
+        ),
         frame_search=args.frame_search,
         device=args.device,
         precision=args.precision,

@@ -35,19 +35,24 @@ REFINE_POINTS = 1536
 # veins and the mean (bench/checkpoints.py --tag class_balance, BENCHMARKS.md)
 REFINE_CLASS_BALANCE = 1.0
 # near-surface and as many volume points with their exact SDF (and twice as many surface points)
-# drawn from the input for the fit, a quarter of each kind held out to measure it: the steps
-# draw their minibatches from the rest, so this is how many distinct places of a thin vessel the
-# fit sees. 8192 -> 32768 lifted every case over three seeds (held-out real B 0.957 -> 0.961, the
-# pulmonary veins of unseen phantom 5001 0.84-0.90 -> 0.88-0.91) for +5% of a CPU
+# drawn from the input for the fit (and a quarter as many more of each kind held out to measure
+# it): the steps draw their minibatches from them, so this is how many distinct places of a thin
+# vessel the fit sees. 8192 -> 32768 lifted every case over three seeds (held-out real B 0.957
+# -> 0.961, the pulmonary veins of unseen phantom 5001 0.84-0.90 -> 0.88-0.91) for +5% of a CPU
 # reconstruction's time; 65536 gained 0.001-0.002 more for +13% (bench/checkpoints.py --tag
-# target_points, measured when half of the pool was held out)
+# target_points)
 REFINE_TARGET_POINTS = 32768
 # the share of a refinement step's SDF queries drawn near the surfaces, the rest from the volume
-# points around them. Until 2026-12-07 the fit saw no volume point (share 1, by a split that put
-# them all in the held-out half); 0.75 was as good or better on every case over three seeds
-# (held-out real B 0.961 -> 0.962, HD95 1.45 -> 1.37 mm; real A 0.965 -> 0.966, 1.68 -> 1.55 mm),
-# 0.5 cost the pulmonary veins of unseen phantoms up to 0.15 (bench/checkpoints.py --tag
+# points around them. With the fit's full pool, 0.75 and 1 were the same within three seeds on
+# the real hearts and unseen phantoms, and 1 a little better on a coarse phantom's veins; 0.5
+# (measured with a smaller pool) cost the pulmonary veins up to 0.15 (bench/checkpoints.py --tag
 # near_share)
-REFINE_NEAR_SHARE = 0.75
+REFINE_NEAR_SHARE = 1.0
+# the refinement steps' forward passes: "fp32" or "bf16" (autocast; `--precision bf16`). On a
+# 2-core EPYC with AVX512-BF16, bf16 took 0.69x the time of a whole reconstruction (37.3 -> 25.6
+# s) for -0.0005 to -0.002 mean Dice on 256^3 phantoms and real hearts over three seeds, and on
+# a coarse phantom (1.8 mm, resolution 128) its pulmonary veins were 0.83-0.87 (fp32 0.84-0.88):
+# opt-in (bench/checkpoints.py --tag refine_bf16)
+REFINE_PRECISION = "fp32"
 # pieces of a class smaller than this fraction of its largest piece are dropped after decoding
 MIN_PIECE = 0.1

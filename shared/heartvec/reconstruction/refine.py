@@ -41,6 +41,7 @@ from heartvec.volume import LabelVolume
 log = logging.getLogger(__name__)
 
 TARGETS = ("context", "latents")
+PRECISIONS = ("fp32", "bf16")
 STEP_MODES = ("auto", "eager", "tensor", "graph")
 
 
@@ -59,12 +60,16 @@ class RefineSettings:
         class_balance: the share of the fit's surface points split evenly among the classes,
             the rest by area (`refine_targets.fit_surface_points`), in [0, 1].
         target_points: near-surface and as many volume points drawn from the input with their
-            SDF, and twice as many surface points; a quarter of each held out, the rest fitted
-            (the steps' minibatches come from them).
+            SDF, and twice as many surface points, to fit (the steps' minibatches come from
+            them); a quarter as many more of each kind are drawn and held out.
         near_share: the share of a step's SDF queries drawn from the near-surface points, the
             rest from the volume points, in [0, 1].
         step_mode: 'eager' (a Python loop of `Adam` steps), 'tensor' or 'graph'
             (`TensorSteps`; 'graph' on a GPU only), 'auto': 'graph' on a GPU, else 'eager'.
+        precision: of the steps' forward passes: 'fp32' or 'bf16' (autocast; the fitted
+            tensor, Adam's state and the held-out measure stay fp32). bf16 takes 0.69x the time
+            of a reconstruction on a CPU with native bf16 and fits thin veins a little less
+            (`defaults`).
     """
 
     steps: int = defaults.REFINE_STEPS
@@ -77,6 +82,7 @@ class RefineSettings:
     target_points: int = defaults.REFINE_TARGET_POINTS
     near_share: float = defaults.REFINE_NEAR_SHARE
     step_mode: str = "auto"
+    precision: str = defaults.REFINE_PRECISION
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -88,6 +94,10 @@ class RefineSettings:
         if not 0.0 <= self.class_balance <= 1.0:
             raise ValueError(
                 f"refinement class balance {self.class_balance}: expected a share in [0, 1]"
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"refinement precision {self.precision!r}: expected one of {PRECISIONS}"
             )
         if not 0.0 <= self.near_share <= 1.0:
             raise ValueError(f"refinement near share {self.near_share}: expected a share in [0, 1]")
@@ -142,6 +152,14 @@ def refine_latents(
     sign_weight, step_mode = settings.sign_weight, settings.step_mode
     if step_mode == "auto":
         step_mode = "graph" if latents.device.type == "cuda" else "eager"
+    dtype = torch.bfloat16 if settings.precision == "bf16" else None
+
+    def steps_autocast() -> torch.autocast:  # no cast cache: a CUDA graph may capture it
+        return torch.autocast(
+            latents.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+            cache_enabled=False,
+        )  # fmt: skip
+
     started = time.perf_counter()
     if targets is None:
         targets = start_targets(
@@ -190,7 +208,8 @@ def refine_latents(
             step_sizes,
         )  # fmt: skip
         try:
-            first_loss, last_loss = tensor_steps.run(step_mode)
+            with steps_autocast():
+                first_loss, last_loss = tensor_steps.run(step_mode)
         except RuntimeError as error:  # a graph that could not be captured
             log.warning("refinement in %s mode failed (%s): eager steps instead", step_mode, error)
             with torch.no_grad():
@@ -201,9 +220,10 @@ def refine_latents(
     if step_mode == "eager":
         for step in range(steps):  # nothing here waits for the device
             optimizer.lr = step_sizes[step]
-            current = model.process(free) if target == "latents" else free
             data, step_prepared = minibatch(fit, indices, step, prepared)
-            loss, _ = fit_loss(model, current, data, truncation, sign_weight, step_prepared)
+            with steps_autocast():
+                current = model.process(free) if target == "latents" else free
+                loss, _ = fit_loss(model, current, data, truncation, sign_weight, step_prepared)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -229,6 +249,7 @@ def refine_latents(
             "class_balance": settings.class_balance,
             "target_points": settings.target_points,
             "near_share": settings.near_share,
+            "precision": "bf16" if dtype is not None else "fp32",
             "final_lr": settings.final_lr,
             "step_mode": step_mode,
             "loss_first": first_loss.item() if first_loss is not None else None,
