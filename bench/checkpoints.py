@@ -93,14 +93,25 @@ TAGGED = {
         "near-surface points, the rest from the volume points around the heart. Until "
         "2026-12-07 the split of the pool put every near-surface point in the fitted half and "
         "every volume point in the held-out half: the fit saw no volume point (share 1) and the "
-        "held-out IoU was measured on volume points alone. Now a quarter of each kind is held "
-        "out (800 steps of 1536 points, `target_points` 32,768, balanced per class).",
+        "held-out IoU was measured on volume points alone. Now the fit has `target_points` "
+        "of each kind of query and a quarter as many more of each kind are drawn and held out "
+        "(800 steps of 1536 points, `target_points` 32,768, balanced per class).",
     ),
     "near_share_phantoms": (
         "Refinement: the fit's queries on more unseen phantoms",
         "`near_share` (section \"Refinement: the fit's queries near the surfaces and in the "
         'volume") on the two phantoms of "Refinement: the fit pool on more unseen phantoms", '
-        "for the thin classes.",
+        "for the thin classes. Run with the first version of the fixed split, which held out a "
+        "quarter of the pool (so the fit had 24,576 near-surface points, not 32,768; replaced "
+        "the same evening).",
+    ),
+    "refine_bf16": (
+        "Refinement: bf16 steps on a CPU",
+        "`precision`: the refinement steps' forward passes in fp32 (the default when this ran) "
+        "or under bf16 autocast (the fitted context, Adam's state and the held-out measure stay "
+        "fp32), on a CPU with native bf16 instructions; 800 steps, and 1000 in bf16. Run with "
+        "the first version of the fixed split (a quarter of the pool held out, the fit 24,576 "
+        "near-surface points), near_share 0.75.",
     ),
     "scale": (
         "Checkpoints side by side: the frame's scale",
