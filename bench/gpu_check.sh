@@ -6,8 +6,9 @@
 #   sigterm    one CUDA process stopped by SIGTERM (exit 75 within 60 s), resumed (CUDA RNG states)
 #   evaluate   `heartvec evaluate` and `export-checkpoint` of that run, a reconstruction with it
 #   bench      bench/train.py's GPU rows (throughput, peak memory; `base, 2, autograd` included)
-#   reconstruct  `heartvec reconstruct --device cuda` with the bundled checkpoint, defaults; and
-#              the encoder alone after a 48-frame search (`--frame-search 48`: its stage's time)
+#   reconstruct  `heartvec reconstruct --device cuda` with the bundled checkpoint, defaults, and
+#              with `--precision bf16` (the refinement's steps in bf16 too); and the encoder
+#              alone after a 48-frame search (`--frame-search 48`: its stage's time)
 #   service    a job through `heartvec serve --embedded` on the GPU, upload to succeeded
 #   realct     bench/real_ct.py on the GPU: the real subjects' scans and heart crops against a
 #              256^3 phantom (carry the data: REAL_DATA=folder, default ../shared/data)
@@ -169,7 +170,18 @@ check_reconstruct() {
         --resolution "$RESOLUTION" --refine-steps "$REFINE" || return 1
     cp "$out/report.json" "$WORK/keep/reconstruct_report.json"
     note="mean Dice $(json "$out/report.json" 'round(j["summary"]["mean_dice"], 3)'),"
-    note="$note pipeline $(json "$out/report.json" 'j["timings"]["total_s"]') s"
+    note="$note pipeline $(json "$out/report.json" 'j["timings"]["total_s"]') s,"
+    note="$note refine $(json "$out/report.json" 'j["timings"]["refine_s"]') s"
+    # the refinement's steps under bf16 autocast (--precision bf16; on a CPU 0.69x the time):
+    # in 'graph' mode on a GPU never measured before
+    heartvec reconstruct "$DATA/volumes/phantom_s3001.nii.gz" --out "$WORK/bf16" --device "$DEVICE" \
+        --resolution "$RESOLUTION" --refine-steps "$REFINE" --precision bf16 || return 1
+    cp "$WORK/bf16/report.json" "$WORK/keep/reconstruct_bf16_report.json"
+    note="$note; --precision bf16: mean Dice"
+    note="$note $(json "$WORK/bf16/report.json" 'round(j["summary"]["mean_dice"], 3)'),"
+    note="$note refine $(json "$WORK/bf16/report.json" 'j["timings"]["refine_s"]') s"
+    note="$note ($(json "$WORK/bf16/report.json" 'j["refinement"]["step_mode"]'),"
+    note="$note $(json "$WORK/bf16/report.json" 'j["refinement"]["precision"]'))"
     # the frame search on the device: 48 frames before the encoder alone
     heartvec reconstruct "$DATA/volumes/phantom_s3001.nii.gz" --out "$WORK/framed" \
         --device "$DEVICE" --resolution "$RESOLUTION" --refine-steps 0 --frame-search 48 || return 1
