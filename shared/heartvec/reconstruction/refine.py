@@ -41,7 +41,7 @@ from heartvec.volume import LabelVolume
 log = logging.getLogger(__name__)
 
 TARGETS = ("context", "latents")
-PRECISIONS = ("fp32", "bf16")
+STEP_PRECISIONS = ("fp32", "bf16")
 STEP_MODES = ("auto", "eager", "tensor", "graph")
 
 
@@ -95,9 +95,9 @@ class RefineSettings:
             raise ValueError(
                 f"refinement class balance {self.class_balance}: expected a share in [0, 1]"
             )
-        if self.precision not in PRECISIONS:
+        if self.precision not in STEP_PRECISIONS:
             raise ValueError(
-                f"refinement precision {self.precision!r}: expected one of {PRECISIONS}"
+                f"refinement precision {self.precision!r}: expected one of {STEP_PRECISIONS}"
             )
         if not 0.0 <= self.near_share <= 1.0:
             raise ValueError(f"refinement near share {self.near_share}: expected a share in [0, 1]")

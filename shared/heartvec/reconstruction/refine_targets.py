@@ -105,8 +105,8 @@ class RefinementTargets:
         world, self.labels = fit_surface_points(surfaces, 2 * count, class_balance, rng)
         self.surface = normalization.to_normalized(world)
         near = near_surface_points(self.surface, count, (0.005, 0.05), rng)
-        near = near[rng.permutation(count)]  # drawn half at each spread: mixed, so any part
-        # holds both
+        # drawn half at each spread, one after the other: mixed, so each part holds both
+        near = near[rng.permutation(count)]
         box = rng.uniform(low, high, size=(count, 3))
         self.queries = np.concatenate([near, box])
         self.near = count
