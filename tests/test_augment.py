@@ -95,3 +95,54 @@ def test_workers_write_the_same_volumes_as_one_process(subject: Path, tmp_path: 
     with pytest.raises(SystemExit) as refused:
         main(["augment", *args, "--out", str(tmp_path / "bad"), "--workers", "0"])
     assert refused.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_strength_scales_every_departure_from_the_subject() -> None:
+    ranges = AugmentRanges()
+    assert ranges.scaled(1.0) == ranges
+    double = ranges.scaled(2.0)
+    assert double.rotation_deg == 2 * ranges.rotation_deg
+    assert double.scale == pytest.approx((0.8, 1.2))
+    assert double.anisotropy == pytest.approx(2 * ranges.anisotropy)
+    assert double.shift_mm == 2 * ranges.shift_mm
+    assert double.structure_scale == pytest.approx(2 * ranges.structure_scale)
+    assert double.warp_mm == 2 * ranges.warp_mm
+    assert (double.ct_spacing_mm, double.cut_probability) == (
+        ranges.ct_spacing_mm, ranges.cut_probability,
+    )  # fmt: skip
+    for bad in (-0.5, 3.5, float("nan")):
+        with pytest.raises(ValueError, match="strength"):
+            ranges.scaled(bad)
+
+
+def test_strength_zero_keeps_the_subject_and_more_departs_further(subject: Path) -> None:
+    volume = load_label_volume(subject, load_label_table("default"))
+    base = {c: (volume.classes == c).sum() * volume.voxel_volume_mm3 for c in range(1, 10)}
+
+    def departure(strength: float, seed: int) -> float:
+        """The largest change of a class's volume, as a fraction."""
+        ranges = AugmentRanges(cut_probability=0.0).scaled(strength)
+        labels, affine = augment(volume, np.random.default_rng(seed), ranges)
+        voxel_mm3 = float(np.prod(np.abs(np.diag(affine)[:3])))
+        return max(
+            abs((labels == c).sum() * voxel_mm3 / v - 1) for c, v in base.items()
+        )  # fmt: skip
+
+    assert max(departure(0.0, seed) for seed in range(2)) < 0.1  # resampling alone (0.06)
+    assert min(departure(2.5, seed) for seed in range(2)) > 0.4  # (0.66 and more)
+
+
+def test_the_command_refuses_a_bad_strength(subject: Path, tmp_path: Path) -> None:
+    from heartvec.cli import main
+
+    for bad in ("-1", "3.5", "nan"):
+        with pytest.raises(SystemExit) as refused:
+            main(["augment", str(subject), "--out", str(tmp_path / "bad"), "--strength", bad])
+        assert refused.value.code == 2 and not (tmp_path / "bad").exists()
+    out = tmp_path / "zero"
+    args = ["--seed", "3", "--count", "2", "--strength", "0"]
+    assert main(["augment", str(subject), "--out", str(out), *args]) == 0
+    written = sorted(out.glob("*.nii.gz"))
+    assert len(written) == 2
+    description = nib.load(written[0]).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert description == "heartvec augment seed 3 strength 0"

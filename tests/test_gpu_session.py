@@ -11,6 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 
 from heartvec.model.checkpoint import load_checkpoint
@@ -49,6 +50,7 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
         "PHANTOM_SEED": "4100",
         "POINTS": "3000",
         "SCALE_MM": "90",
+        "STRENGTH": "0.5",
         "PREPARE_S": "300",
         "HELD_OUT": str(held_out),
         "HELD_OUT_LABELS": "default",
@@ -70,6 +72,9 @@ def test_the_lease_script_trains_on_hearts_made_from_one_subject_and_measures_th
     # the seeds follow one another across the parallel processes
     seeds = sorted(int(n.split("_aug_s")[1].split(".")[0]) for n in made if "_aug_s" in n)
     assert seeds == [10000, 10001, 10002]
+    heart = next((tmp_path / "data" / "volumes").glob("*_aug_s10001.nii.gz"))
+    description = nib.load(heart).header["descrip"].tobytes().rstrip(b"\0").decode()
+    assert description == "heartvec augment seed 10001 strength 0.5"  # STRENGTH
     hashes = {}
     # snapshots every second, the last AVERAGE (4) of them averaged into a third candidate
     snapshots = sorted((tmp_path / "run" / "snapshots").glob("*.pt"))

@@ -32,6 +32,9 @@
 # heart is drawn ~10% larger (BENCHMARKS, "Frame search in reconstruct"); training at 90 on the
 # CPU (0.84 h) gave nothing over 100 (BENCHMARKS, "The frame's scale, trained and set"), a long
 # GPU run is untried. The trained checkpoint records it and reconstructions use it.
+# STRENGTH (default 1) is `heartvec augment --strength`: how far the hearts made from REAL depart
+# from it; 1.75 lost on real hearts in a CPU run (BENCHMARKS, "The checkpoint alone against
+# training: strength175").
 # INIT is the checkpoint training starts from (default the bundled one). Besides the last and
 # the best checkpoints it exports the average of the last AVERAGE (4) snapshots taken every
 # SNAPSHOT_S (60) seconds, heartvec-small-average.pt, measured on HELD_OUT like the others.
@@ -51,6 +54,7 @@ PHANTOMS=${PHANTOMS:-300}
 PREPARE_S=${PREPARE_S:-75}
 POINTS=${POINTS:-40000}
 SCALE_MM=${SCALE_MM:-100}
+STRENGTH=${STRENGTH:-1}
 DEVICE=${DEVICE:-cuda}
 WORKERS=${WORKERS:-15}
 CONFIG=${CONFIG:-services/trainer/configs/small-phantoms-gpu.yaml}
@@ -86,7 +90,7 @@ print(f"held out, {sys.argv[2]}: the checkpoint alone mean Dice {dice:.3f}, HD95
 held_out "$INIT" init
 if [ -n "$REAL" ] && [ "$REAL_COUNT" -gt 0 ]; then
   OMP_NUM_THREADS=1 heartvec augment "$REAL" --labels "$REAL_LABELS" --count "$REAL_COUNT" \
-    --seed "$REAL_SEED" --workers "$WORKERS" --out "$DATA/volumes"
+    --seed "$REAL_SEED" --strength "$STRENGTH" --workers "$WORKERS" --out "$DATA/volumes"
   echo "$(find "$DATA/volumes" -name "*_aug_s*" | wc -l) hearts made from $REAL"
 fi
 heartvec phantom "$DATA/volumes" --count "$PHANTOMS" --seed "$PHANTOM_SEED" --size 128 --spacing 2.0

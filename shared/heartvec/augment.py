@@ -16,7 +16,7 @@ lacks stay absent. Labels are sampled by nearest neighbour: every voxel keeps on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
@@ -57,6 +57,34 @@ class AugmentRanges:
     mri_probability: float = 0.3
     ct_spacing_mm: tuple[tuple[float, float], tuple[float, float]] = ((0.5, 1.0), (0.6, 2.0))
     mri_spacing_mm: tuple[tuple[float, float], tuple[float, float]] = ((1.2, 2.0), (1.5, 3.0))
+
+    def scaled(self, strength: float) -> AugmentRanges:
+        """These ranges with every departure from the subject times `strength` (0: the subject's
+        shape in a scan of its own; 1: these; 2: twice the rotation, scale, anisotropy,
+        translation, per-structure scale and deformation). The scans and vessel cuts stay.
+
+        Raises:
+            ValueError: `strength` outside [0, MAX_STRENGTH].
+        """
+        if not 0.0 <= strength <= MAX_STRENGTH:
+            raise ValueError(f"strength {strength}: need 0 to {MAX_STRENGTH:g}")
+        if strength == 1.0:
+            return self  # bit for bit (1 - (1 - 0.9) is not 0.9 in every float)
+        low, high = self.scale
+        return replace(
+            self,
+            rotation_deg=self.rotation_deg * strength,
+            scale=(1 - (1 - low) * strength, 1 + (high - 1) * strength),
+            anisotropy=self.anisotropy * strength,
+            shift_mm=self.shift_mm * strength,
+            structure_scale=self.structure_scale * strength,
+            warp_mm=self.warp_mm * strength,
+        )
+
+
+MAX_STRENGTH = 3.0
+"""The most `AugmentRanges.scaled` allows: at 3 the defaults' global scale is 0.7-1.3 and each
+structure's 0.7-1.3, about the range of adult hearts' chamber sizes."""
 
 
 def augment(

@@ -1,6 +1,7 @@
-"""`heartvec augment INPUTS... --out DIR --count N --seed S [--workers W]`: training volumes made
-from real subjects, each another plausible heart (`heartvec.augment`). A volume depends on its
-input and seed only, so W processes write the same volumes as one."""
+"""`heartvec augment INPUTS... --out DIR --count N --seed S [--strength F] [--workers W]`:
+training volumes made from real subjects, each another plausible heart (`heartvec.augment`). A
+volume depends on its input, seed and strength only, so W processes write the same volumes as
+one; its header's description records the seed and strength."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from heartvec.augment import augment
+from heartvec.augment import MAX_STRENGTH, AugmentRanges, augment
 from heartvec.labels import load_label_table
 from heartvec.volume import LabelVolume, load_label_volume
 
@@ -35,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=10, help="volumes per input (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="first seed (one per volume)")
     parser.add_argument("--labels", default="default", help="the inputs' label table")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="how far the hearts depart from their subject: the rotation, scale, anisotropy, "
+        f"translation, per-structure scale and deformation ranges times F (0 to {MAX_STRENGTH:g}; "
+        "default 1)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     return parser
 
@@ -50,17 +60,20 @@ def _subject(path: Path, labels: str) -> LabelVolume:
     return load_label_volume(path, load_label_table(labels))
 
 
-def make_one(path: Path, labels: str, seed: int, out_dir: Path) -> Path:
+def make_one(path: Path, labels: str, seed: int, out_dir: Path, strength: float = 1.0) -> Path:
     """One augmented volume, written whole or not at all."""
-    labels_out, affine = augment(_subject(path, labels), np.random.default_rng(seed))
+    ranges = AugmentRanges().scaled(strength)
+    labels_out, affine = augment(_subject(path, labels), np.random.default_rng(seed), ranges)
     target = augmented_path(out_dir, path, seed)
     partial = target.with_name(target.name + ".part")  # never taken for an input
-    partial.write_bytes(gzip.compress(nib.Nifti1Image(labels_out, affine).to_bytes(), 6))
+    image = nib.Nifti1Image(labels_out, affine)
+    image.header["descrip"] = f"heartvec augment seed {seed} strength {strength:g}"
+    partial.write_bytes(gzip.compress(image.to_bytes(), 6))
     partial.replace(target)
     return target
 
 
-def _make_all(jobs: list[tuple[Path, str, int, Path]], workers: int) -> None:
+def _make_all(jobs: list[tuple[Path, str, int, Path, float]], workers: int) -> None:
     progress = tqdm(total=len(jobs), desc="augment", unit="volume")
     if workers == 1 or len(jobs) == 1:
         for job in jobs:
@@ -83,11 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--count must be at least 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if not 0.0 <= args.strength <= MAX_STRENGTH:
+        parser.error(f"--strength must be 0 to {MAX_STRENGTH:g}")
     try:
         for path in args.inputs:  # a bad input or table fails here, before any work
             _subject(path, args.labels)
         args.out.mkdir(parents=True, exist_ok=True)
-        jobs = [(path, args.labels, args.seed + i, args.out) for path in args.inputs
+        jobs = [(path, args.labels, args.seed + i, args.out, args.strength) for path in args.inputs
                 for i in range(args.count)]  # fmt: skip
         _make_all(jobs, args.workers)
     finally:
