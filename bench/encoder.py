@@ -6,9 +6,13 @@ and the run's own curve.
 
 Usage: .venv/bin/python bench/encoder.py [--checkpoints A.pt B.pt ...] [--run RUN]
        [--trained-on A|B] [--resolution 128] [--seeds 5000 5001] [--tag T] [--frame-shift MM]
+       [--compare TAG]
 
 `--tag T` keeps a run's results apart from the others (bench/results/encoder_T.json and its
 pictures, its own section of BENCHMARKS.md headed "The checkpoint alone against training: T").
+
+`--compare TAG` draws the curves of a run saved under `--tag TAG` (the same recipe but for one
+change, e.g.) dashed beside this one's, against training steps.
 
 `--frame-shift MM` also encodes the real subjects with the normalized frame's centre (the centre
 of the input's box) moved MM along each axis, both ways (six more frames a case), and reports the
@@ -57,11 +61,18 @@ def main() -> int:
     parser.add_argument(
         "--frame-shift", type=float, default=0.0, help="mm; also the six shifted frames (real)"
     )
+    parser.add_argument("--compare", help="a saved run's tag: its curves beside this one's")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     saved = result_path(args.tag, ".json")
+    if args.compare is not None and not result_path(args.compare, ".json").is_file():
+        parser.error(f"--compare {args.compare}: no {result_path(args.compare, '.json')}")
     if args.report_only:
-        write_report(json.loads(saved.read_text()), args.tag)
+        summary = json.loads(saved.read_text())
+        if args.compare is not None:
+            summary["compare"] = args.compare
+            save_json(saved, summary)
+        write_report(summary, args.tag)
         return 0
     settings = ReconstructSettings(resolution=args.resolution, refine=RefineSettings(steps=0))
     rows: list[dict[str, Any]] = []
@@ -103,6 +114,7 @@ def main() -> int:
         "trained_on": args.trained_on,
         "frame_shift_mm": args.frame_shift,
         "rows": rows,
+        **({"compare": args.compare} if args.compare is not None else {}),
     }
     RESULTS.mkdir(exist_ok=True)
     if args.run is not None and (args.run / "training_curve.png").is_file():
@@ -146,6 +158,10 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
     seen = f" (a run trained on hearts made from {trained_on})" if trained_on else ""
     picture, curve = result_path(tag, ".png"), result_path(tag, "_run_curve.png")
     plot(rows, cases, picture)
+    compare = summary.get("compare")
+    if compare is not None:
+        other = json.loads(result_path(compare, ".json").read_text())["rows"]
+        plot_beside(rows, other, cases, tag, compare, result_path(tag, f"_vs_{compare}.png"))
     lines = [
         f"Measured {summary['date']} on {summary['machine']} by `bench/encoder.py"
         f"{' --tag ' + tag if tag else ''}`: the "
@@ -182,6 +198,10 @@ def write_report(summary: dict[str, Any], tag: str = "") -> None:
                 cells.append(f"{np.mean(every):.3f} ({min(every):.3f} - {max(every):.3f})")
             lines.append(f"| {row['checkpoint']} | " + " | ".join(cells) + " |")
     lines += ["", f"![the checkpoint alone against training](bench/results/{picture.name})"]
+    if compare is not None:
+        beside = result_path(tag, f"_vs_{compare}.png").name
+        lines += ["", f"Beside the run `--tag {compare}` (dashed), against training steps:", "",
+                  f"![{tag} and {compare}](bench/results/{beside})"]  # fmt: skip
     if "run_history" in summary:
         lines += ["", f"![the run's own curve](bench/results/{curve.name})"]
     heading = "The checkpoint alone against training" + (f": {tag}" if tag else "")
@@ -212,6 +232,35 @@ def plot(rows: list[dict[str, Any]], cases: list[str], path: Path) -> None:
     classes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=80)
+
+
+def plot_beside(
+    rows: list[dict[str, Any]],
+    other: list[dict[str, Any]],
+    cases: list[str],
+    tag: str,
+    compare: str,
+    path: Path,
+) -> None:
+    """Each case's curve against training steps, this run solid and `other` dashed (the
+    checkpoints without a step, or the first row's start, at step 0)."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for index, case in enumerate(cases):
+        colour = f"C{index}"
+        for mine, style, name in ((rows, "o-", tag), (other, "s--", compare)):
+            timeline = sorted(
+                {(row["step"] if row["elapsed_s"] else 0): row for row in mine}.items()
+            )  # a run's start (the checkpoint it began from) at step 0, each step once
+            if case in timeline[0][1]["cases"]:
+                steps = [step for step, _ in timeline]
+                dice = [row["cases"][case]["mean_dice"] for _, row in timeline]
+                axes.plot(steps, dice, style, color=colour, label=f"{case}, {name}")
+    axes.set(xlabel="training steps of this stage", ylabel="mean Dice, checkpoint alone",
+             title=f"{tag} (solid) and {compare} (dashed)")  # fmt: skip
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
