@@ -10,11 +10,15 @@ import pytest
 
 from heartvec.labels import load_label_table
 from heartvec.normalization import Normalization
-from heartvec.reconstruction.encoding import load_model
-from heartvec.reconstruction.frame_search import FrameSteps, search_frame
+from heartvec.phantom import make_phantom
+from heartvec.reconstruction.encoding import EncoderSample, checkpoint_normalization, load_model
+from heartvec.reconstruction.frame_search import FrameScore, FrameSteps, search_frame
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import BUNDLED_CHECKPOINT
+from heartvec.surfaces import class_surfaces
+from heartvec.volume import load_label_volume
+from heartvec_testing.volumes import write_nifti
 
 CENTRED = Normalization(center=np.array([10.0, -20.0, 30.0]), scale=100.0)
 
@@ -110,3 +114,29 @@ def test_on_the_held_out_heart_the_search_lifts_the_encoder_alone(
     assert float(code["scale"]) == pytest.approx(
         centred["normalization"]["scale_mm"] * record["scale_factor"], rel=1e-3
     )
+
+
+def test_the_score_is_the_dice_of_the_distances_at_its_points(tmp_path: Path) -> None:
+    """`FrameScore` in its parts: the distances an encoding decodes at the score's points, and
+    their Dice against the input (1 for distances that put each point in its own class, 0 for
+    none inside any class); another draw of the encoder's points decodes other distances."""
+    labels, affine = make_phantom(9, size=96, spacing=2.0)
+    path = write_nifti(tmp_path / "phantom.nii.gz", labels, affine)
+    volume = load_label_volume(path, load_label_table("default"))
+    surfaces = class_surfaces(volume, None)
+    loaded = load_model(BUNDLED_CHECKPOINT)
+    sample = EncoderSample.draw(loaded.model, surfaces, np.random.default_rng(0))
+    score = FrameScore(
+        loaded.model, volume, surfaces, sample, np.random.default_rng(1), points=4000
+    )
+    frame = checkpoint_normalization(loaded.state, surfaces)
+    distances = score.distances(frame)
+    assert distances.shape == (4000, len(score.present))
+    assert score(frame) == score.dice(distances) > 0.4
+    exact = np.where(score.truth[:, None] == score.present[None, :], -1.0, 1.0)
+    assert score.dice(exact) == 1.0
+    assert score.dice(np.ones_like(distances)) == 0.0
+    other = EncoderSample.draw(loaded.model, surfaces, np.random.default_rng(5))
+    redrawn = score.distances(frame, other)
+    assert not np.array_equal(redrawn, distances)
+    assert abs(score.dice(redrawn) - score.dice(distances)) < 0.05  # (0.006 measured)

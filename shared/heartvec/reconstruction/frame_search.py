@@ -67,9 +67,14 @@ class FrameScore:
         self.present = np.array(sorted(surfaces))  # class indices 1..C
         self.truth = volume.class_at(self.points)  # (P,)
 
-    @torch.no_grad()
     def __call__(self, frame: Normalization) -> float:
-        points, labels = self.sample.inputs(frame)
+        return self.dice(self.distances(frame))
+
+    @torch.no_grad()
+    def distances(self, frame: Normalization, sample: EncoderSample | None = None) -> np.ndarray:
+        """(P, classes present) float32: the SDF, in the model's units, at the score's points
+        of the encoding of `sample` (the score's own when None) in `frame`."""
+        points, labels = (self.sample if sample is None else sample).inputs(frame)
         queries = torch.from_numpy(frame.to_normalized(self.points)).float()[None]
         context = self.model.process(
             self.model.encode(points.to(self.device), labels.to(self.device))
@@ -77,8 +82,15 @@ class FrameScore:
         with decode_autocast(self.dtype, self.device):
             decoded = self.model.decode(context, queries.to(self.device))[0]  # (P, C)
         columns = torch.from_numpy(self.present - 1).to(self.device)
-        sdf = decoded[:, columns].float().cpu().numpy()  # (P, classes present)
-        predicted = np.where(sdf.min(axis=1) < 0, self.present[sdf.argmin(axis=1)], 0)
+        return np.asarray(decoded[:, columns].float().cpu().numpy())
+
+    def dice(self, distances: np.ndarray) -> float:
+        """Mean over the input's classes of the Dice at the score's points between the classes
+        `distances` (`FrameScore.distances`) predict (lowest SDF where it is negative) and the
+        input's."""
+        predicted = np.where(
+            distances.min(axis=1) < 0, self.present[distances.argmin(axis=1)], 0
+        )  # fmt: skip
         dice = [
             2 * np.sum((predicted == c) & (self.truth == c))
             / max(1, np.sum(predicted == c) + np.sum(self.truth == c))
