@@ -26,15 +26,13 @@ import numpy as np
 from benchmarks_md import measured, save_json, write_section
 from cases import subject_cases
 from encoder import RESULTS, SHIFT_DIRECTIONS
+from frame_search import scored_case
 from tqdm import tqdm
 
-from heartvec.labels import load_label_table
 from heartvec.normalization import Normalization
-from heartvec.reconstruction.encoding import EncoderSample, checkpoint_normalization, load_model
+from heartvec.reconstruction.encoding import EncoderSample, load_model
 from heartvec.reconstruction.frame_search import FrameScore
 from heartvec.settings import BUNDLED_CHECKPOINT
-from heartvec.surfaces import class_surfaces
-from heartvec.volume import load_label_volume
 
 SAVED = RESULTS / "encoder_ensemble.json"
 PICTURE = RESULTS / "encoder_ensemble.png"
@@ -62,14 +60,8 @@ def main() -> int:
     cases: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for name, (path, table) in tqdm(subject_cases(Path(scratch), args.seeds).items()):
-            whole = load_label_volume(path, load_label_table(table))
-            volume = whole.crop(*whole.foreground_box(margin=2))
-            surfaces = class_surfaces(volume, None)
-            centred = checkpoint_normalization(loaded.state, surfaces)
-            sample = EncoderSample.draw(model, surfaces, np.random.default_rng(0))
-            score = FrameScore(
-                model, volume, surfaces, sample, np.random.default_rng(7), points=40_000
-            )
+            surfaces, centred, score = scored_case(loaded, path, table, None, (0, 7))
+            sample = score.sample
             moves = [np.zeros(3), *(SHIFT_DIRECTIONS * SHIFT_MM)]
             groups = {
                 "shifted": [

@@ -30,12 +30,12 @@ from tqdm import tqdm
 from heartvec.labels import load_label_table
 from heartvec.normalization import Normalization
 from heartvec.reconstruction import pipeline
-from heartvec.reconstruction.encoding import EncoderSample, load_model
+from heartvec.reconstruction.encoding import EncoderSample, LoadedModel, load_model
 from heartvec.reconstruction.frame_search import FrameScore
 from heartvec.reconstruction.pipeline import ReconstructSettings, reconstruct
 from heartvec.reconstruction.refine import RefineSettings
 from heartvec.settings import BUNDLED_CHECKPOINT
-from heartvec.surfaces import class_surfaces
+from heartvec.surfaces import Surface, class_surfaces
 from heartvec.volume import load_label_volume
 
 SAVED = RESULTS / "frame_search.json"
@@ -61,14 +61,7 @@ def main() -> int:
             if not path.is_file():
                 continue
             label_table = load_label_table(table)
-            whole = load_label_volume(path, label_table)
-            volume = whole.crop(*whole.foreground_box(margin=2))
-            surfaces = class_surfaces(volume, settings.working_mm)
-            centred = pipeline.checkpoint_normalization(loaded.state, surfaces)
-            sample = EncoderSample.draw(loaded.model, surfaces, np.random.default_rng(0))
-            score = FrameScore(
-                loaded.model, volume, surfaces, sample, np.random.default_rng(0), points=40_000
-            )
+            _, centred, score = scored_case(loaded, path, table, settings.working_mm, (0, 0))
             frames = []
             for shift in tqdm(shifts, desc=name):
                 with frame_moved(shift):
@@ -90,6 +83,21 @@ def main() -> int:
     save_json(SAVED, summary)
     write_report(summary)
     return 0
+
+
+def scored_case(
+    loaded: LoadedModel, path: Path, table: str, working_mm: float | None, seeds: tuple[int, int]
+) -> tuple[dict[int, Surface], Normalization, FrameScore]:
+    """A case as the frame search sees it: the input's class surfaces, the checkpoint's frame
+    centred on the input's box, and the score of a frame at 40,000 points (its encoder points
+    drawn with seeds[0], the score's points with seeds[1])."""
+    whole = load_label_volume(path, load_label_table(table))
+    volume = whole.crop(*whole.foreground_box(margin=2))
+    surfaces = class_surfaces(volume, working_mm)
+    centred = pipeline.checkpoint_normalization(loaded.state, surfaces)
+    sample = EncoderSample.draw(loaded.model, surfaces, np.random.default_rng(seeds[0]))
+    rng = np.random.default_rng(seeds[1])
+    return surfaces, centred, FrameScore(loaded.model, volume, surfaces, sample, rng, points=40_000)
 
 
 def write_report(summary: dict[str, Any]) -> None:
